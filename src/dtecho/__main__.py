@@ -1,0 +1,5 @@
+"""``python -m dtecho`` is the ``dtecho`` command."""
+
+from dtecho.cli import main
+
+raise SystemExit(main())

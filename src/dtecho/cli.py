@@ -1,0 +1,107 @@
+"""The ``dtecho`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from dtecho import __version__
+from dtecho.config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dtecho",
+        description="Deep Tree Echo: reservoir computing and LLMs behind an OpenAI-compatible API.",
+    )
+    parser.add_argument("--version", action="version", version=f"dtecho {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="interface to bind (default from settings: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default from settings: 8000)")
+    serve.add_argument("--config", metavar="FILE", help="YAML config file")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    show = config_commands.add_parser("show", help="print the effective settings, secrets redacted")
+    show.add_argument("--config", metavar="FILE", help="YAML config file")
+    show.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, name)
+        for name in ("host", "port", "workers")
+        if getattr(args, name, None) is not None
+    }
+    return load_settings(args.config, **overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dtecho.observability.logging import configure_logging
+
+    settings = _settings_from(args)
+    configure_logging(settings.log_level)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
+    if settings.workers == 1:
+        from dtecho.server.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    else:
+        # Worker processes build their own app from the same sources.
+        if args.config:
+            os.environ["DTECHO_CONFIG_FILE"] = os.path.abspath(args.config)
+        uvicorn.run(
+            "dtecho.server.app:create_app", factory=True, workers=settings.workers, **common
+        )
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    data = _settings_from(args).redacted()
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dtecho`` console script; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "config" and args.config_command == "show":
+            return _config_show(args)
+    except ConfigError as exc:
+        print(f"dtecho: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 0 if args.command is None else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Settings: one validated object built at start-up and passed down.
+
+Sources, lowest to highest precedence:
+
+1. defaults declared here;
+2. a YAML config file (``--config FILE`` or ``DTECHO_CONFIG_FILE``);
+3. the seed project's ``DTESN_CACHE_*`` environment names (e.g. ``DTESN_CACHE_ENABLED``);
+4. ``DTECHO_*`` environment variables, nested fields joined by ``__``
+   (``DTECHO_CACHE__STRATEGY=aggressive``).
+
+No other module reads the environment: the app factory and the CLI call
+:func:`load_settings` and hand the result down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "CacheSettings",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "redact_url",
+]
+
+MIB = 1024 * 1024
+
+# The seed documents (001) name these variables; deployments written against them keep working.
+SEED_CACHE_ENV = {
+    "DTESN_CACHE_ENABLED": "enabled",
+    "DTESN_CACHE_STRATEGY": "strategy",
+    "DTESN_CACHE_MAX_MEMORY_ENTRIES": "max_memory_entries",
+    "DTESN_CACHE_MAX_COMPRESSED_ENTRIES": "max_compressed_entries",
+    "DTESN_CACHE_DEFAULT_TTL_SECONDS": "default_ttl_seconds",
+    "DTESN_CACHE_REDIS_URL": "redis_url",
+    "DTESN_CACHE_COMPRESSION_ENABLED": "compression_enabled",
+    "DTESN_CACHE_COMPRESSION_THRESHOLD": "compression_threshold",
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``str()`` is one line naming the field and the problem."""
+
+
+class CacheSettings(BaseModel):
+    """Response cache (L1 memory → L2 compressed → L3 Redis)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    strategy: Literal["aggressive", "balanced", "conservative", "dynamic"] = "balanced"
+    max_memory_entries: int = Field(10_000, gt=0)
+    max_compressed_entries: int = Field(50_000, ge=0)
+    default_ttl_seconds: float = Field(3600.0, gt=0)
+    redis_url: str | None = None
+    compression_enabled: bool = True
+    compression_threshold: int = Field(1024, ge=0)
+    namespace: str = Field("dtecho", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return _check_redis_scheme(value)
+
+
+class Settings(BaseSettings):
+    """Every setting of a dtecho server process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DTECHO_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".local" / "share" / "dtecho")
+    max_request_bytes: int = Field(10 * MIB, gt=0)
+    redis_url: str | None = None
+    redis_timeout_seconds: float = Field(0.05, gt=0, le=30)
+    shutdown_timeout_seconds: float = Field(30.0, ge=0)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return _check_redis_scheme(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Init kwargs carry the config file's contents, so they rank *below* the environment:
+        # an operator can always override a file with a variable.
+        return (
+            _OverrideSource(settings_cls),
+            env_settings,
+            _SeedCacheEnvSource(settings_cls),
+            init_settings,
+        )
+
+    @property
+    def cache_redis_url(self) -> str | None:
+        """The Redis the cache uses: its own URL, else the server-wide one."""
+        return self.cache.redis_url or self.redis_url
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, with passwords in URLs replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = redact_url(data["redis_url"])
+        data["cache"]["redis_url"] = redact_url(data["cache"]["redis_url"])
+        return data
+
+
+def _check_redis_scheme(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^(redis|rediss|unix)://", value):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+# Overrides given to load_settings (the command line) for the Settings being built right now.
+_overrides: ContextVar[dict[str, Any] | None] = ContextVar("dtecho_overrides", default=None)
+
+
+class _OverrideSource(PydanticBaseSettingsSource):
+    """Explicit overrides, above the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_overrides.get() or {})
+
+
+class _SeedCacheEnvSource(PydanticBaseSettingsSource):
+    """Maps the seed's ``DTESN_CACHE_*`` variables onto ``cache.*``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        cache = {
+            field: os.environ[name] for name, field in SEED_CACHE_ENV.items() if name in os.environ
+        }
+        return {"cache": cache} if cache else {}
+
+
+def redact_url(url: str | None) -> str | None:
+    """Replace the password of a URL (``scheme://user:secret@host``) with ``***``."""
+    if url is None:
+        return None
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
+    return data
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    value = error.get("input")
+    shown = "" if error["type"] in {"extra_forbidden", "missing"} else f" (got {value!r})"
+    if "redis_url" in field:
+        shown = ""  # may hold a password
+    return f"invalid setting {field}: {message}{shown}"
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, a YAML file, the environment and ``overrides``.
+
+    ``config_file`` defaults to ``$DTECHO_CONFIG_FILE``. ``overrides`` (e.g. ``port=0`` from
+    the command line) rank above everything else. Raises :class:`ConfigError` with one line
+    naming the first invalid field.
+    """
+    if config_file is None:
+        config_file = os.environ.get("DTECHO_CONFIG_FILE") or None
+    file_data = _read_config_file(Path(config_file)) if config_file else {}
+    token = _overrides.set(overrides)
+    try:
+        return Settings(**file_data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0])) from None
+    finally:
+        _overrides.reset(token)

@@ -1,0 +1,53 @@
+"""Prometheus metrics for the HTTP layer.
+
+Each app owns its own :class:`~prometheus_client.CollectorRegistry`, so several apps in one
+process (tests, embedded use) never share or clash on counters. With ``--workers N`` every
+worker process reports its own series; scrape each worker or run one worker per replica.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics"]
+
+# Finer buckets below 10 ms: cache hits and proxy overhead live there.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class HttpMetrics:
+    """Request counters, a latency histogram and an in-flight gauge, labelled by route template."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "dtecho_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dtecho_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route template and method.",
+            ("route", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "dtecho_http_requests_in_flight",
+            "Requests being handled right now.",
+            registry=self.registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Record one finished request."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text exposition format."""
+        return generate_latest(self.registry)

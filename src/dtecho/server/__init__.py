@@ -1,0 +1,1 @@
+"""The HTTP layer: app factory, middleware, routes and the error mapping."""

@@ -1,0 +1,1 @@
+"""Route modules: thin translations between HTTP and services."""

@@ -1,0 +1,57 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from dtecho.observability.metrics import CONTENT_TYPE_LATEST
+from dtecho.server.errors import error_body
+from dtecho.server.state import ReadinessCheck, get_state
+
+router = APIRouter(tags=["health"])
+
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+async def _run_check(check: ReadinessCheck) -> str | None:
+    try:
+        await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return f"no answer within {READINESS_TIMEOUT_SECONDS:g} s"
+    except Exception as exc:  # a failed check is a reason, not a crash
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Every configured engine is loaded and every configured dependency answers.
+
+    200 with each check's state, or 503 with an OpenAI error body plus the same ``checks`` map
+    so an operator sees every reason at once.
+    """
+    checks = get_state(request).readiness
+    names = list(checks)
+    failures = await asyncio.gather(*(_run_check(checks[name]) for name in names))
+    results = {name: (reason or "ok") for name, reason in zip(names, failures, strict=True)}
+    reasons = [f"{name}: {reason}" for name, reason in zip(names, failures, strict=True) if reason]
+    if not reasons:
+        return JSONResponse({"status": "ready", "checks": results})
+    body = error_body("Not ready: " + "; ".join(reasons), "server_error", None, "not_ready")
+    body.update(status="not_ready", checks=results)
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

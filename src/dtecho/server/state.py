@@ -1,0 +1,33 @@
+"""What the app factory builds and routes reach through ``request.app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from dtecho.config import Settings
+from dtecho.observability.metrics import HttpMetrics
+
+__all__ = ["ReadinessCheck", "ServerState", "get_state"]
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+"""An async callable that returns when its component is ready and raises (with a reason) if not."""
+
+
+@dataclass
+class ServerState:
+    """The object graph of one app instance, built by :func:`dtecho.server.app.create_app`."""
+
+    settings: Settings
+    metrics: HttpMetrics
+    readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+    redis: Any = None  # redis.asyncio.Redis once the lifespan has opened it
+
+
+def get_state(request: Request) -> ServerState:
+    """The :class:`ServerState` of the app serving ``request``."""
+    state: ServerState = request.app.state.dtecho
+    return state

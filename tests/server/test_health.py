@@ -1,0 +1,41 @@
+"""Liveness and readiness, against a real Redis and an unreachable one."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from conftest import free_port
+from dtecho.config import Settings
+from dtecho.server.app import create_app
+
+
+def test_live_needs_nothing() -> None:
+    with TestClient(create_app(Settings())) as client:
+        assert client.get("/health/live").json() == {"status": "ok"}
+
+
+def test_ready_without_dependencies() -> None:
+    with TestClient(create_app(Settings())) as client:
+        response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {}}
+
+
+def test_ready_with_reachable_redis(redis_url: str) -> None:
+    with TestClient(create_app(Settings(redis_url=redis_url))) as client:
+        response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"redis": "ok"}}
+
+
+def test_not_ready_when_redis_is_unreachable() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with TestClient(create_app(Settings(cache={"redis_url": dead}))) as client:
+        assert client.get("/health/live").status_code == 200  # alive even so
+        response = client.get("/health/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not_ready"
+    assert body["error"]["type"] == "server_error" and body["error"]["code"] == "not_ready"
+    assert body["error"]["message"].startswith("Not ready: redis: ")
+    assert body["checks"]["redis"] != "ok"
