@@ -36,6 +36,7 @@ serve: $(RUNTIME_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	scripts/ensure-chromium
 	PY=$(PY) scripts/with-redis $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
@@ -48,7 +49,7 @@ format: $(DEV_STAMP)
 
 ## bench: run every benchmark side by side (not part of `make test`)
 bench: $(BENCH_STAMP)
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -30,6 +30,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="YAML config file")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 
+    train_lm = commands.add_parser(
+        "train-lm", help="train the byte-level echo language model (dtesn-echo)"
+    )
+    from dtecho.training import add_train_lm_arguments
+
+    add_train_lm_arguments(train_lm)
+
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
     show = config_commands.add_parser("show", help="print the effective settings, secrets redacted")
@@ -50,9 +57,11 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from dtecho.engines.registry import check_engine_dependencies
     from dtecho.observability.logging import configure_logging
 
     settings = _settings_from(args)
+    check_engine_dependencies(settings)
     configure_logging(settings.log_level)
     common = dict(
         host=settings.host,
@@ -96,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "config" and args.config_command == "show":
             return _config_show(args)
+        if args.command == "train-lm":
+            from dtecho.training import run_train_lm
+
+            return run_train_lm(args)
     except ConfigError as exc:
         print(f"dtecho: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,6 +28,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "CacheSettings",
     "ConfigError",
+    "DtesnModelSpec",
+    "DtesnSettings",
+    "InProcessModelSpec",
+    "ModelSpec",
+    "OpenAIModelSpec",
     "Settings",
     "load_settings",
     "redact_url",
@@ -73,6 +78,65 @@ class CacheSettings(BaseModel):
         return _check_redis_scheme(value)
 
 
+class DtesnSettings(BaseModel):
+    """Limits of the DTESN service routes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_input_steps: int = Field(100_000, gt=0)  # bytes of a string input or rows of vectors
+    network_cache_size: int = Field(8, ge=1)  # built networks kept for reuse
+    stream_heartbeat_seconds: float = Field(10.0, gt=0)
+
+
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+
+
+class _ModelSpecBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_MODEL_NAME)
+
+
+class DtesnModelSpec(_ModelSpecBase):
+    """A native DTESN model: the byte-level echo language model or text features."""
+
+    engine: Literal["dtesn"] = "dtesn"
+    task: Literal["generate", "embed"] = "generate"
+    path: Path | None = None  # a trained model directory; default: the packaged/trained one
+
+
+class OpenAIModelSpec(_ModelSpecBase):
+    """Any OpenAI-compatible upstream (Aphrodite ``aphrodite run``, vLLM, llama.cpp, Ollama, …)."""
+
+    engine: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://")
+    upstream_model: str | None = None  # default: the same name as ``name``
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_seconds: float = Field(600.0, gt=0)
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+
+
+class InProcessModelSpec(_ModelSpecBase):
+    """A model run in this process by Aphrodite Engine or vLLM (optional extras, GPU)."""
+
+    engine: Literal["aphrodite", "vllm"]
+    model: str  # a Hugging Face model id or local directory
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+ModelSpec = Annotated[
+    DtesnModelSpec | OpenAIModelSpec | InProcessModelSpec, Field(discriminator="engine")
+]
+
+
+def _default_models() -> list[Any]:
+    return [
+        DtesnModelSpec(name="dtesn-echo", task="generate"),
+        DtesnModelSpec(name="dtesn-embed", task="embed"),
+    ]
+
+
 class Settings(BaseSettings):
     """Every setting of a dtecho server process."""
 
@@ -93,6 +157,17 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(0.05, gt=0, le=30)
     shutdown_timeout_seconds: float = Field(30.0, ge=0)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    models: list[ModelSpec] = Field(default_factory=_default_models, min_length=1)
+    dtesn: DtesnSettings = Field(default_factory=DtesnSettings)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_model_names(cls, models: list[Any]) -> list[Any]:
+        names = [model.name for model in models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        return models
 
     @field_validator("redis_url")
     @classmethod

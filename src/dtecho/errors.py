@@ -8,6 +8,7 @@ OpenAI ``type`` and a default ``code``; ``param`` names the offending request fi
 from __future__ import annotations
 
 __all__ = [
+    "Conflict",
     "DtechoError",
     "EngineUnavailable",
     "InvalidRequest",
@@ -65,6 +66,14 @@ class ModelNotFound(NotFound):
 
     def __init__(self, model: str, *, param: str | None = "model") -> None:
         super().__init__(f"The model '{model}' does not exist.", param=param)
+
+
+class Conflict(DtechoError):
+    """The resource is not in a state that allows the request (409)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class NotAcceptable(DtechoError):

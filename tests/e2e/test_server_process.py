@@ -76,7 +76,11 @@ def test_unreachable_redis_is_reported_without_its_password(server_factory) -> N
 
 def test_ready_with_real_redis(server_factory, redis_url: str) -> None:
     server = server_factory(config={"redis_url": redis_url})
-    assert httpx.get(f"{server.base_url}/health/ready").json()["checks"] == {"redis": "ok"}
+    assert httpx.get(f"{server.base_url}/health/ready").json()["checks"] == {
+        "redis": "ok",
+        "model:dtesn-echo": "ok",
+        "model:dtesn-embed": "ok",
+    }
 
 
 def test_sigterm_shuts_down_cleanly(server_factory) -> None:

@@ -14,18 +14,21 @@ def test_live_needs_nothing() -> None:
         assert client.get("/health/live").json() == {"status": "ok"}
 
 
-def test_ready_without_dependencies() -> None:
+MODELS_READY = {"model:dtesn-echo": "ok", "model:dtesn-embed": "ok"}
+
+
+def test_ready_when_every_model_is_loaded() -> None:
     with TestClient(create_app(Settings())) as client:
         response = client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {}}
+    assert response.json() == {"status": "ready", "checks": MODELS_READY}
 
 
 def test_ready_with_reachable_redis(redis_url: str) -> None:
     with TestClient(create_app(Settings(redis_url=redis_url))) as client:
         response = client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"redis": "ok"}}
+    assert response.json() == {"status": "ready", "checks": {"redis": "ok", **MODELS_READY}}
 
 
 def test_not_ready_when_redis_is_unreachable() -> None:

@@ -7,8 +7,11 @@ worker process reports its own series; scrape each worker or run one worker per 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 __all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics"]
 
@@ -48,6 +51,42 @@ class HttpMetrics:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 
+    def watch_counters(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        source: Callable[[], Mapping[tuple[str, ...], int]],
+    ) -> None:
+        """Export counters that a component keeps as plain integers, read at scrape time.
+
+        ``source`` returns ``{label values: count}``; the metric is ``<name>_total``.
+        """
+        self.registry.register(_ScrapedCounters(name, documentation, labels, source))
+
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class _ScrapedCounters:
+    """A custom collector: components keep plain counters, read only when scraped."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        source: Callable[[], Mapping[tuple[str, ...], int]],
+    ) -> None:
+        self._name, self._documentation, self._labels = name, documentation, labels
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for values, count in self._source().items():
+            family.add_metric(values, count)
+        yield family

@@ -11,11 +11,14 @@ from fastapi import FastAPI
 
 from dtecho import __version__
 from dtecho.config import Settings, load_settings, redact_url
+from dtecho.engines.registry import ModelRegistry
 from dtecho.observability.metrics import HttpMetrics
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.middleware import ServingMiddleware
-from dtecho.server.routes import health
+from dtecho.server.routes import dtesn, dtesn_models, health, openai, pages
 from dtecho.server.state import ServerState
+from dtecho.services.dtesn_models import ModelService
+from dtecho.services.dtesn_service import DtesnService
 
 __all__ = ["create_app"]
 
@@ -46,6 +49,11 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
         state.readiness["redis"] = redis_ready
         _log.info("redis_configured", url=redact_url(url))
 
+    await state.models.start(stack)
+    stack.push_async_callback(state.dtesn_models.close)
+    for name, engine in state.models.engines().items():
+        state.readiness[f"model:{name}"] = engine.check_ready
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build a dtecho ASGI app.
@@ -55,7 +63,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     returned app does nothing until an ASGI server starts it.
     """
     settings = settings or load_settings()
-    state = ServerState(settings=settings, metrics=HttpMetrics())
+    state = ServerState(
+        settings=settings,
+        metrics=HttpMetrics(),
+        models=ModelRegistry.from_settings(settings),
+        dtesn=DtesnService(settings.dtesn),
+        dtesn_models=ModelService(settings.data_dir),
+    )
+    state.metrics.watch_counters(
+        "dtecho_engine_generations",
+        "Generations by model and outcome (started, completed, cancelled).",
+        ("model", "outcome"),
+        state.models.generation_counts,
+    )
+    state.metrics.watch_counters(
+        "dtecho_dtesn_operations",
+        "DTESN operations by kind and outcome.",
+        ("operation", "outcome"),
+        state.dtesn.counts,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dtecho = state
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(openai.router)
+    app.include_router(dtesn.router)
+    app.include_router(dtesn_models.router)
+    app.include_router(pages.router)
     app.add_middleware(
         ServingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_request_bytes
     )

@@ -33,6 +33,7 @@ _STATUS_DEFAULTS: dict[int, tuple[str, str]] = {
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     406: ("invalid_request_error", "not_acceptable"),
+    409: ("invalid_request_error", "conflict"),
     413: ("invalid_request_error", "request_too_large"),
     415: ("invalid_request_error", "unsupported_media_type"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
@@ -109,7 +110,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     param = format_param(first.get("loc", ()))
     if kind == "missing" and param is None:
         return error_response(400, "A JSON request body is required.", code="missing_body")
-    message = str(first.get("msg", "Invalid value"))
+    message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
     if kind == "missing":
         return error_response(
             400, f"Missing required parameter: '{param}'.", param=param, code="missing_required"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 from starlette.requests import Request
 
 from dtecho.config import Settings
+from dtecho.engines.registry import ModelRegistry
 from dtecho.observability.metrics import HttpMetrics
+from dtecho.server.pages import PageRenderer
+from dtecho.services.dtesn_models import ModelService
+from dtecho.services.dtesn_service import DtesnService
 
 __all__ = ["ReadinessCheck", "ServerState", "get_state"]
 
@@ -23,6 +28,11 @@ class ServerState:
 
     settings: Settings
     metrics: HttpMetrics
+    models: ModelRegistry
+    dtesn: DtesnService
+    dtesn_models: ModelService
+    pages: PageRenderer = field(default_factory=PageRenderer)
+    started_at: float = field(default_factory=time.time)
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
     redis: Any = None  # redis.asyncio.Redis once the lifespan has opened it
 

@@ -1,0 +1,1 @@
+"""Engines: native DTESN, OpenAI-compatible upstreams, in-process Aphrodite/vLLM."""

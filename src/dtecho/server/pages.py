@@ -1,0 +1,55 @@
+"""Jinja2 rendering for the server-rendered pages (autoescaped; one shared base layout)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from dtecho.dtesn import bseries
+from dtecho.server.svg import line_plot, tree_layout
+
+__all__ = ["PageRenderer"]
+
+
+class PageRenderer:
+    """Renders the page templates in ``dtecho/server/templates``."""
+
+    def __init__(self) -> None:
+        self.env = Environment(
+            loader=PackageLoader("dtecho.server", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    def render(self, template: str, **context: Any) -> str:
+        return self.env.get_template(template).render(**context)
+
+    def dashboard(self, status: dict[str, Any]) -> str:
+        return self.render("dashboard.html", status=status)
+
+    def dtesn(
+        self,
+        form: dict[str, Any],
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> str:
+        tree = tree_layout(result["membranes"]) if result else None
+        return self.render(
+            "dtesn.html",
+            form=form,
+            result=result,
+            error=error,
+            tree=tree,
+            integrators=list(bseries.TABLEAUX),
+        )
+
+    def dtesn_model(self, record: dict[str, Any]) -> str:
+        preview = (record.get("training") or {}).get("preview")
+        plot = None
+        if preview:
+            plot = line_plot({"target": preview["target"], "prediction": preview["prediction"]})
+        length = len(preview["target"]) if preview else 0
+        return self.render("dtesn_model.html", model=record, plot=plot, preview_length=length)

@@ -1,0 +1,139 @@
+"""The DTESN routes: process, batch, stream and the B-series reference."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from dtecho.dtesn import bseries, trees
+from dtecho.server.negotiation import render
+from dtecho.server.protocol_dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
+from dtecho.server.routes.openai import chat_response
+from dtecho.server.sse import SSE_HEADERS, sse_comment, sse_event
+from dtecho.server.state import get_state
+
+router = APIRouter(prefix="/v1/dtesn", tags=["dtesn"])
+
+
+@router.post("/process")
+async def process(body: ProcessRequest, request: Request) -> Response:
+    """Run one input through a DTESN of the requested shape; the real per-membrane result
+    (JSON, HTML, XML or msgpack by ``Accept``)."""
+    state = get_state(request)
+    result = await state.dtesn.process(body)
+    form = {"input": body.input if isinstance(body.input, str) else "(vectors)",
+            "membrane_depth": body.membrane_depth, "esn_size": body.esn_size,
+            "integrator": body.integrator, "seed": body.seed}  # fmt: skip
+    return render(request, result, page=lambda: state.pages.dtesn(form, result), root="process")
+
+
+@router.post("/batch")
+async def batch(body: BatchRequest, request: Request) -> dict[str, Any]:
+    """Run 1–1000 inputs with one configuration; results in input order, errors per item."""
+    options = body.model_copy(update={"inputs": []})
+    return await get_state(request).dtesn.batch(body.inputs, options)
+
+
+@router.post("/stream")
+async def stream(body: ProcessRequest, request: Request) -> StreamingResponse:
+    """Server-Sent Events: ``progress`` per integrated chunk, then ``result`` (or ``error``)."""
+    events = await get_state(request).dtesn.stream(body)
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            async for name, payload in events:
+                yield sse_comment("heartbeat") if name == "heartbeat" else sse_event(name, payload)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/bseries")
+async def bseries_reference(order: int = Query(4, ge=1, le=8)) -> dict[str, Any]:
+    """Rooted trees up to ``order`` with σ, γ and their Runge–Kutta order conditions, and the
+    verified order of every shipped integrator."""
+    conditions = bseries.order_conditions(order)
+    return {
+        "order": order,
+        "tree_counts": [trees.count(n) for n in range(1, order + 1)],
+        "conditions": len(conditions),
+        "trees": [
+            {
+                "tree": str(tree),
+                "butcher": tree.butcher,
+                "order": tree.order,
+                "symmetry": tree.symmetry,
+                "density": tree.density,
+                "condition": str(condition),
+            }
+            for tree, condition in conditions
+        ],
+        "integrators": {name: bseries.order(t) for name, t in bseries.TABLEAUX.items()},
+    }
+
+
+@router.post("/chat/completions")
+async def dtesn_chat(body: DtesnChatRequest, request: Request) -> Response:
+    """A chat completion from the named model's engine; with ``enable_dtesn`` the answer also
+    carries ``dtesn``, the real DTESN processing of the conversation's text (in the JSON body,
+    or in the first chunk of a stream)."""
+    processed = None
+    if body.enable_dtesn:
+        text = "\n".join(message.text() for message in body.messages) or " "
+        options = ProcessRequest(
+            input=text, membrane_depth=body.dtesn_membrane_depth, esn_size=body.dtesn_esn_size
+        )
+        processed = await get_state(request).dtesn.process(options)
+    response = await chat_response(body.chat_request(), request)
+    response.headers["x-dtesn-processed"] = "true" if processed else "false"
+    elapsed = processed["processing_time_ms"] if processed else 0.0
+    response.headers["x-processing-time-ms"] = f"{elapsed:.3f}"
+    if processed is not None and response.status_code == 200:
+        _attach(response, "dtesn", processed)
+    return response
+
+
+def _attach(response: Response, key: str, value: Any) -> None:
+    """Add ``key`` to a JSON body, or to the first ``data:`` frame of an SSE stream."""
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _attach_to_first_frame(response.body_iterator, key, value)
+        return
+    body = json.loads(response.body)
+    body[key] = value
+    response.body = json.dumps(body, separators=(",", ":")).encode()
+    response.headers["content-length"] = str(len(response.body))
+
+
+async def _attach_to_first_frame(
+    frames: AsyncIterator[Any], key: str, value: Any
+) -> AsyncIterator[bytes]:
+    pending = b""
+    attached = False
+    try:
+        async for piece in frames:
+            data = piece if isinstance(piece, bytes) else str(piece).encode()
+            if attached:
+                yield data
+                continue
+            pending += data
+            end = pending.find(b"\n\n")
+            if end < 0:
+                continue
+            frame, rest = pending[:end], pending[end + 2 :]
+            if frame.startswith(b"data: {"):
+                chunk = json.loads(frame[len(b"data: ") :])
+                chunk[key] = value
+                frame = b"data: " + json.dumps(chunk, separators=(",", ":")).encode()
+            attached = True
+            yield frame + b"\n\n" + rest
+        if pending and not attached:
+            yield pending
+    finally:
+        close = getattr(frames, "aclose", None)
+        if close is not None:
+            await close()

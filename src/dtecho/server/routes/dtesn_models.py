@@ -1,0 +1,125 @@
+"""Trainable DTESN models: ``/v1/dtesn/models`` and ``/v1/dtesn/models/{id}/…``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from dtecho.errors import InvalidRequest
+from dtecho.server.negotiation import render
+from dtecho.server.protocol_dtesn import PredictRequest, TrainRequest, UpdateRequest
+from dtecho.server.state import get_state
+from dtecho.services.dtesn_models import config_from_form, parse_table
+
+router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
+
+
+def _validated(model: type, data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:  # the same 400 mapping as FastAPI's own validation
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
+
+
+def _columns(spec: str, width: int) -> list[int]:
+    try:
+        columns = [int(part) % width for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidRequest(
+            "target_columns: comma-separated integers.", param="target_columns"
+        ) from None
+    if not columns or len(set(columns)) == width:
+        raise InvalidRequest(
+            "target_columns must name at least one column and leave at least one input column.",
+            param="target_columns",
+        )
+    return columns
+
+
+async def _training_data(request: Request) -> tuple[TrainRequest, np.ndarray, np.ndarray]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("Upload the training table as the 'file' field.", param="file")
+        table = parse_table(await upload.read(), upload.filename or "")
+        targets_at = _columns(str(form.get("target_columns", "-1")), table.shape[1])
+        inputs_at = [c for c in range(table.shape[1]) if c not in targets_at]
+        config = config_from_form(form.get("config"))  # type: ignore[arg-type]
+        train = _validated(
+            TrainRequest,
+            {
+                "name": form.get("name"),
+                "inputs": [[0.0]],
+                "targets": [[0.0]],
+                "warmup": form.get("warmup", 100),
+                "config": config.model_dump(),
+                "background": form.get("background"),
+            },
+        )
+        return train, table[:, inputs_at], table[:, targets_at]
+    try:
+        data = await request.json()
+    except ValueError:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error",
+              "ctx": {"error": "malformed JSON"}}]
+        ) from None  # fmt: skip
+    train = _validated(TrainRequest, data)
+    return train, np.asarray(train.inputs, float), np.asarray(train.targets, float)
+
+
+@router.post("", status_code=201)
+async def create_model(request: Request) -> JSONResponse:
+    """Train a model from JSON arrays or an uploaded CSV/.npy table (``multipart/form-data``:
+    ``file``, ``target_columns`` (default the last), ``config`` (JSON), ``name``, ``warmup``).
+    Large trainings answer 202 at once; poll ``GET /v1/dtesn/models/{id}`` for the status."""
+    train, inputs, targets = await _training_data(request)
+    record, background = await get_state(request).dtesn_models.train(train, inputs, targets)
+    return JSONResponse(record, status_code=202 if background else 201)
+
+
+@router.get("")
+async def list_models(request: Request) -> Response:
+    """Every trained model's record (JSON, XML or msgpack by ``Accept``)."""
+    data = {"object": "list", "data": get_state(request).dtesn_models.list()}
+    return render(request, data, root="models")
+
+
+@router.get("/{model_id}")
+async def get_model(model_id: str, request: Request) -> Response:
+    """One model's record; ``text/html`` gives its page."""
+    state = get_state(request)
+    record = state.dtesn_models.get(model_id)
+    return render(request, record, page=lambda: state.pages.dtesn_model(record), root="model")
+
+
+@router.delete("/{model_id}")
+async def delete_model(model_id: str, request: Request) -> dict[str, Any]:
+    get_state(request).dtesn_models.delete(model_id)
+    return {"id": model_id, "object": "dtesn.model.deleted", "deleted": True}
+
+
+@router.post("/{model_id}/predict")
+async def predict(model_id: str, body: PredictRequest, request: Request) -> Response:
+    """Teacher-forced predictions for ``inputs`` and an optional closed-loop ``horizon``."""
+    result = await get_state(request).dtesn_models.predict(
+        model_id, np.asarray(body.inputs, float), body.horizon
+    )
+    return JSONResponse(result)
+
+
+@router.post("/{model_id}/update")
+async def update(model_id: str, body: UpdateRequest, request: Request) -> dict[str, Any]:
+    """An online recursive-least-squares update; bumps the model's version."""
+    return await get_state(request).dtesn_models.update(
+        model_id, np.asarray(body.inputs, float), np.asarray(body.targets, float), body.warmup
+    )

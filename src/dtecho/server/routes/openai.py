@@ -1,0 +1,88 @@
+"""The OpenAI-compatible routes: models, chat completions, completions, embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dtecho.engines.base import RelayEngine
+from dtecho.server.negotiation import render
+from dtecho.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from dtecho.server.sse import SSE_HEADERS
+from dtecho.server.state import get_state
+from dtecho.services.completions import CompletionService
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def _answer(result: dict[str, Any] | AsyncIterator[bytes]) -> Response:
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return StreamingResponse(result, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) -> Response:
+    payload = body.model_dump(exclude_unset=True)
+    answer = await engine.relay(endpoint, payload, stream=stream)
+    if answer.stream is not None:
+        return StreamingResponse(
+            answer.stream, status_code=answer.status, media_type=answer.content_type,
+            headers=SSE_HEADERS,
+        )  # fmt: skip
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    """Every served model (JSON by default; XML or msgpack by ``Accept``)."""
+    return render(
+        request, {"object": "list", "data": get_state(request).models.cards()}, root="models"
+    )
+
+
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model, with its engine's metadata (capabilities, quality figures)."""
+    return get_state(request).models.card(model_id, detailed=True)
+
+
+async def chat_response(body: ChatCompletionRequest, request: Request) -> Response:
+    """A chat completion from whichever engine serves ``body.model``."""
+    models = get_state(request).models
+    relay = models.relay(body.model)
+    if relay is not None:
+        return await _relay(relay, "chat/completions", body, body.stream)
+    service = CompletionService(models.generative(body.model))
+    return _answer(await service.chat(body, _request_id(request)))
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await chat_response(body, request)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    models = get_state(request).models
+    relay = models.relay(body.model)
+    if relay is not None:
+        return await _relay(relay, "completions", body, body.stream)
+    service = CompletionService(models.generative(body.model))
+    return _answer(await service.complete(body, _request_id(request)))
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    models = get_state(request).models
+    relay = models.relay(body.model)
+    if relay is not None:
+        return await _relay(relay, "embeddings", body, False)
+    service = CompletionService(models.generative(body.model))
+    return JSONResponse(await service.embed(body))

@@ -1,0 +1,1 @@
+"""Services: the work behind each route, free of HTTP."""

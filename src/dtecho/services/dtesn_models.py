@@ -1,0 +1,267 @@
+"""Trainable DTESN models: train (foreground or as a background job), predict, forecast,
+update online with recursive least squares, list and delete — persisted in a
+:class:`~dtecho.services.model_store.ModelStore`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dtecho.dtesn import DTESN
+from dtecho.errors import Conflict, InvalidRequest, PayloadTooLarge
+from dtecho.server.protocol_dtesn import ModelConfig, TrainRequest
+from dtecho.services.model_store import ModelStore, new_model_id
+
+__all__ = ["ModelService", "nrmse", "parse_table"]
+
+BACKGROUND_WORK = 20_000_000  # rows × units above which training runs as a background job
+MAX_TRAINING_ROWS = 1_000_000
+PREVIEW_ROWS = 200
+
+
+def nrmse(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Root-mean-square error over all outputs divided by the targets' standard deviation."""
+    spread = float(np.std(target))
+    error = float(np.sqrt(np.mean(np.square(predicted - target))))
+    return error / spread if spread > 0 else error
+
+
+def parse_table(raw: bytes, filename: str) -> np.ndarray:
+    """A 2-D float array from an uploaded ``.npy`` or CSV file (an optional header row)."""
+    try:
+        if filename.endswith(".npy"):
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        else:
+            text = raw.decode("utf-8")
+            first = text.lstrip().split("\n", 1)[0]
+            has_header = any(ch.isalpha() and ch not in "eE" for ch in first)
+            array = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=int(has_header), ndmin=2)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"Cannot read the uploaded table: {exc}", param="file") from None
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.shape[0] < 2 or not np.isfinite(array).all():
+        raise InvalidRequest(
+            "The uploaded table must be a finite 2-D array with at least two rows.", param="file"
+        )
+    return array
+
+
+def _estimator(config: ModelConfig) -> DTESN:
+    return DTESN(**config.model_dump())
+
+
+class ModelService:
+    """Operations on trained models; the numerical work runs in worker threads."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.store = ModelStore(data_dir / "dtesn-models")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        for record in self.store.records():  # a job cannot survive its process
+            if record["status"] == "training":
+                record.update(status="failed", error="interrupted by a restart")
+                self.store.put_record(record)
+
+    async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+
+    # ---- training -----------------------------------------------------------------------
+
+    async def train(
+        self, request: TrainRequest, inputs: np.ndarray, targets: np.ndarray
+    ) -> tuple[dict[str, Any], bool]:
+        """Create a model; returns (record, runs_in_background)."""
+        rows = inputs.shape[0]
+        if targets.shape[0] != rows:
+            raise InvalidRequest(
+                f"targets has {targets.shape[0]} rows but inputs has {rows}.", param="targets"
+            )
+        if rows > MAX_TRAINING_ROWS:
+            raise PayloadTooLarge(f"At most {MAX_TRAINING_ROWS} rows.", param="inputs")
+        if request.warmup >= rows:
+            raise InvalidRequest(
+                f"warmup {request.warmup} leaves no rows of the {rows} to train on.",
+                param="warmup",
+            )
+        try:
+            estimator = _estimator(request.config)
+            _ = estimator.membranes  # checks units against the structure before any work
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="config") from None
+        now = int(time.time())
+        record: dict[str, Any] = {
+            "id": new_model_id(),
+            "object": "dtesn.model",
+            "name": request.name,
+            "created": now,
+            "updated": now,
+            "status": "training",
+            "version": 0,
+            "config": request.config.model_dump(),
+            "input_dim": int(inputs.shape[1]),
+            "output_dim": int(targets.shape[1]),
+            "warmup": request.warmup,
+            "versions": [],
+        }
+        background = request.background
+        if background is None:
+            background = rows * request.config.units > BACKGROUND_WORK
+        self.store.put_record(record)
+        if background:
+            job = asyncio.create_task(self._train_job(record, estimator, inputs, targets))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+            return record, True
+        await self._fit(record, estimator, inputs, targets)
+        return record, False
+
+    async def _train_job(self, record: dict[str, Any], estimator: DTESN, X, Y) -> None:
+        try:
+            await self._fit(record, estimator, X, Y)
+        except Exception as exc:  # a failed job is recorded, not raised into the void
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.store.put_record(record)
+
+    async def _fit(self, record: dict[str, Any], estimator: DTESN, X, Y) -> None:
+        started = time.perf_counter()
+
+        def work() -> tuple[float, np.ndarray]:
+            estimator.fit(X, Y, warmup=record["warmup"])
+            predicted = estimator.predict(X)
+            warm = record["warmup"]
+            return nrmse(predicted[warm:], Y[warm:]), predicted
+
+        score, predicted = await asyncio.to_thread(work)
+        tail = slice(max(record["warmup"], X.shape[0] - PREVIEW_ROWS), None)
+        self.store.save_version(record["id"], 1, estimator)
+        record.update(
+            status="ready",
+            version=1,
+            updated=int(time.time()),
+            training={
+                "nrmse": score,
+                "rows": int(X.shape[0]),
+                "seconds": round(time.perf_counter() - started, 3),
+                # The end of the fit, first output only: what the model page plots.
+                "preview": {
+                    "target": Y[tail, 0].tolist(),
+                    "prediction": predicted[tail, 0].tolist(),
+                },
+            },
+        )
+        record["versions"].append(
+            {"version": 1, "kind": "fit", "created": record["updated"], "nrmse": score}
+        )
+        self.store.put_record(record)
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def get(self, model_id: str) -> dict[str, Any]:
+        return self.store.record(model_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.store.records()
+
+    def delete(self, model_id: str) -> None:
+        self.store.delete(model_id)
+
+    def _ready(self, model_id: str) -> dict[str, Any]:
+        record = self.store.record(model_id)
+        if record["status"] != "ready":
+            raise Conflict(
+                f"Model '{model_id}' is {record['status']}"
+                + (f": {record['error']}" if record.get("error") else "."),
+                code="model_not_ready",
+            )
+        return record
+
+    def _check_width(self, record: dict[str, Any], array: np.ndarray, param: str) -> None:
+        key = "input_dim" if param == "inputs" else "output_dim"
+        if array.shape[1] != record[key]:
+            raise InvalidRequest(
+                f"'{param}' rows have {array.shape[1]} values; the model expects {record[key]}.",
+                param=param,
+            )
+
+    # ---- predicting and updating --------------------------------------------------------
+
+    async def predict(self, model_id: str, inputs: np.ndarray, horizon: int) -> dict[str, Any]:
+        """Teacher-forced outputs for ``inputs``, then ``horizon`` closed-loop steps."""
+        record = self._ready(model_id)
+        self._check_width(record, inputs, "inputs")
+        if horizon and record["input_dim"] != record["output_dim"]:
+            raise InvalidRequest(
+                "Closed-loop forecasting feeds outputs back as inputs, so it needs "
+                f"output_dim == input_dim (here {record['output_dim']} and {record['input_dim']}).",
+                param="horizon",
+            )
+        model = self.store.load(model_id, record["version"])
+
+        def work() -> tuple[np.ndarray, np.ndarray | None]:
+            predicted = model.predict(inputs)
+            forecast = model.generate(horizon, warmup=inputs) if horizon else None
+            return predicted, forecast
+
+        predicted, forecast = await asyncio.to_thread(work)
+        return {
+            "object": "dtesn.prediction",
+            "model": model_id,
+            "version": record["version"],
+            "predictions": predicted.tolist(),
+            "forecast": forecast.tolist() if forecast is not None else None,
+        }
+
+    async def update(
+        self, model_id: str, inputs: np.ndarray, targets: np.ndarray, warmup: int
+    ) -> dict[str, Any]:
+        """An RLS update with new data; saves and returns the next version's record."""
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            record = self._ready(model_id)
+            self._check_width(record, inputs, "inputs")
+            self._check_width(record, targets, "targets")
+            if targets.shape[0] != inputs.shape[0]:
+                raise InvalidRequest("targets and inputs differ in length.", param="targets")
+            if warmup >= inputs.shape[0]:
+                raise InvalidRequest("warmup leaves no rows to learn from.", param="warmup")
+            model = self.store.fresh_copy(model_id, record["version"])
+
+            def work() -> tuple[float, float]:
+                before = nrmse(model.predict(inputs)[warmup:], targets[warmup:])
+                model.partial_fit(inputs, targets, warmup=warmup)
+                return before, nrmse(model.predict(inputs)[warmup:], targets[warmup:])
+
+            before, after = await asyncio.to_thread(work)
+            version = record["version"] + 1
+            self.store.save_version(model_id, version, model)
+            record.update(version=version, updated=int(time.time()))
+            record["versions"].append(
+                {
+                    "version": version,
+                    "kind": "rls_update",
+                    "created": record["updated"],
+                    "rows": int(inputs.shape[0]),
+                    "nrmse_before": before,
+                    "nrmse_after": after,
+                }
+            )
+            self.store.put_record(record)
+            return record
+
+
+def config_from_form(text: str | None) -> ModelConfig:
+    """The ``config`` form field of an upload: a JSON object (or empty)."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        raise InvalidRequest("The 'config' field must be a JSON object.", param="config") from None
+    return ModelConfig.model_validate(data)

@@ -1,0 +1,217 @@
+"""``/v1/dtesn/process``: run an input through a DTESN and describe what every membrane did.
+
+A network is a pure function of its configuration (depth, size, integrator, seed, input
+width), so built networks are kept in a small LRU and reused. Inputs are integrated in chunks
+of :data:`CHUNK_STEPS` samples, carrying the state across chunks: memory stays O(chunk · N)
+however long the input, progress can be reported between chunks, and a cancelled request stops
+at the next chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dtecho.dtesn import DTESN, bseries
+from dtecho.dtesn.reservoir import spectral_radius
+from dtecho.dtesn.text import VOCAB, project_bytes
+
+__all__ = ["CHUNK_STEPS", "NetworkConfig", "ProcessCancelled", "ProcessResult", "Processor"]
+
+CHUNK_STEPS = 1024
+
+
+class ProcessCancelled(Exception):
+    """The caller went away; the computation stopped between chunks."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that determines a network's weights."""
+
+    membrane_depth: int = 4
+    esn_size: int = 512
+    integrator: str = "euler"
+    seed: int = 0
+    input_dim: int = VOCAB  # 256: UTF-8 bytes (one-hot by lookup); otherwise vector width
+
+    def model(self) -> DTESN:
+        return DTESN(
+            units=self.esn_size,
+            depth=self.membrane_depth,
+            integrator=self.integrator,
+            seed=self.seed,
+            spectral_radius=0.9,
+            leak_rate=0.5,
+            tau_scaling=2.0,  # each level inward integrates twice as slowly
+            input_scaling=1.0,
+            bias_scaling=0.1,
+        )
+
+
+@dataclass
+class _Network:
+    model: DTESN
+    spectral_radius: float
+    order: int
+    conditions_checked: int
+
+
+@dataclass
+class ProcessResult:
+    """The real outcome of one run, JSON-ready through :meth:`as_dict`."""
+
+    config: NetworkConfig
+    steps: int
+    membranes: list[dict[str, Any]]
+    features: list[float]
+    final_state: np.ndarray
+    trajectory: list[list[float]] | None
+    spectral_radius: float
+    order: int
+    conditions_checked: int
+    processing_time_ms: float
+
+    def as_dict(self, include_states: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "steps": self.steps,
+            "membrane_depth": self.config.membrane_depth,
+            "esn_size": self.config.esn_size,
+            "seed": self.config.seed,
+            "membranes": self.membranes,
+            "features": self.features,
+            "bseries": {
+                "integrator": self.config.integrator,
+                "order": self.order,
+                "order_conditions_checked": self.conditions_checked,
+            },
+            "spectral_radius": self.spectral_radius,
+            "processing_time_ms": self.processing_time_ms,
+        }
+        if include_states:
+            out["esn_state"] = self.final_state.tolist()
+        if self.trajectory is not None:
+            out["trajectory"] = self.trajectory
+        return out
+
+
+class Processor:
+    """Builds (and caches) networks and runs inputs through them. Thread-safe."""
+
+    def __init__(self, max_networks: int = 8) -> None:
+        self._networks: OrderedDict[NetworkConfig, _Network] = OrderedDict()
+        self._max = max_networks
+        self._lock = threading.Lock()
+
+    def network(self, config: NetworkConfig) -> _Network:
+        """The built network for ``config`` (raises ValueError for impossible configurations)."""
+        with self._lock:
+            cached = self._networks.get(config)
+            if cached is not None:
+                self._networks.move_to_end(config)
+                return cached
+        model = config.model()
+        model._ensure_reservoir(config.input_dim)
+        tableau = bseries.TABLEAUX[config.integrator]
+        order = bseries.order(tableau)
+        built = _Network(
+            model=model,
+            spectral_radius=spectral_radius(model.reservoir_.W),
+            order=order,
+            conditions_checked=len(bseries.order_conditions(min(order + 1, 8))),
+        )
+        with self._lock:
+            self._networks[config] = built
+            while len(self._networks) > self._max:
+                self._networks.popitem(last=False)
+        return built
+
+    def process(
+        self,
+        config: NetworkConfig,
+        data: bytes | np.ndarray,
+        *,
+        trajectory_points: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> ProcessResult:
+        """Integrate ``data`` (bytes, or a (T, input_dim) float array) from the zero state."""
+        started = time.perf_counter()
+        network = self.network(config)
+        reservoir = network.model.reservoir_
+        membranes = network.model.membranes_
+        total = len(data)
+        n = reservoir.units
+        x = np.zeros((1, n), reservoir.dtype)
+        sum_abs = np.zeros(n)
+        sum_state = np.zeros(n)
+        wanted = _trajectory_steps(total, trajectory_points)
+        trajectory: list[list[float]] = []
+        for start in range(0, total, CHUNK_STEPS):
+            if cancelled is not None and cancelled():
+                raise ProcessCancelled
+            piece = data[start : start + CHUNK_STEPS]
+            if isinstance(piece, bytes):
+                P = project_bytes(piece, reservoir.W_in, reservoir.bias, dtype=reservoir.dtype.name)
+            else:
+                P = reservoir.project(np.asarray(piece)[None])[0]
+            states = reservoir.run_projected(P[None], x0=x)[0]
+            x = states[-1:].copy()
+            sum_abs += np.abs(states).sum(axis=0)
+            sum_state += states.sum(axis=0)
+            for t in wanted[(wanted >= start) & (wanted < start + len(piece))]:
+                row = states[t - start]
+                trajectory.append([_rms(row[m.start : m.stop]) for m in membranes])
+            if progress is not None:
+                progress(min(start + CHUNK_STEPS, total), total)
+        steps = max(total, 1)
+        final = x[0].astype(np.float64)
+        described, features = [], []
+        for m in membranes:
+            block = slice(m.start, m.stop)
+            mean_abs = float(sum_abs[block].sum() / (steps * m.units))
+            mean_act = float(sum_state[block].sum() / (steps * m.units))
+            norm = float(np.linalg.norm(final[block]))
+            described.append(
+                {**m.as_dict(), "final_state_norm": norm, "mean_abs_activation": mean_abs}
+            )
+            features += [mean_act, mean_abs, norm / np.sqrt(m.units)]
+        return ProcessResult(
+            config=config,
+            steps=total,
+            membranes=described,
+            features=features,
+            final_state=final,
+            trajectory=trajectory if trajectory_points else None,
+            spectral_radius=network.spectral_radius,
+            order=network.order,
+            conditions_checked=network.conditions_checked,
+            processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
+
+
+def _trajectory_steps(total: int, points: int) -> np.ndarray:
+    """At most ``points`` evenly spaced step indices, always including the last."""
+    if points <= 0 or total == 0:
+        return np.empty(0, dtype=np.int64)
+    if total <= points:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, points).round().astype(np.int64))
+
+
+def parse_input(value: str | list[list[float]]) -> tuple[bytes | np.ndarray, int]:
+    """A validated request input as (data, input width): UTF-8 bytes (width 256) or vectors."""
+    if isinstance(value, str):
+        return value.encode("utf-8"), VOCAB
+    array = np.asarray(value, dtype=np.float64)
+    return array, array.shape[1]

@@ -1,0 +1,171 @@
+"""The DTESN operations behind ``/v1/dtesn/process``, ``/batch`` and ``/stream``.
+
+Validated requests in, JSON-ready results (or stream events) out; the numerical work runs in
+worker threads so the event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dtecho.config import DtesnSettings
+from dtecho.dtesn import trees
+from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
+from dtecho.server.protocol_dtesn import ProcessOptions, ProcessRequest, validate_input
+from dtecho.services.dtesn_processing import (
+    NetworkConfig,
+    ProcessCancelled,
+    Processor,
+    ProcessResult,
+    parse_input,
+)
+
+__all__ = ["DtesnService", "membranes_for_depth"]
+
+
+def membranes_for_depth(depth: int) -> int:
+    """Membranes of a depth-``depth`` structure: Σ A000081(k) for k ≤ depth."""
+    return sum(trees.count(k) for k in range(1, depth + 1))
+
+
+def _error_dict(exc: DtechoError) -> dict[str, Any]:
+    return {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}
+
+
+class DtesnService:
+    """DTESN processing with request limits, outcome counters and cancellation."""
+
+    def __init__(self, settings: DtesnSettings) -> None:
+        self.settings = settings
+        self.processor = Processor(settings.network_cache_size)
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """``{(operation, outcome): n}`` for the metrics endpoint."""
+        return dict(self.outcomes)
+
+    def prepare(
+        self, value: Any, options: ProcessOptions, param: str = "input"
+    ) -> tuple[NetworkConfig, Any]:
+        """Check limits and build the network configuration for one input."""
+        needed = membranes_for_depth(options.membrane_depth)
+        if options.esn_size < needed:
+            raise InvalidRequest(
+                f"esn_size {options.esn_size} is too small for membrane_depth "
+                f"{options.membrane_depth}, which has {needed} membranes; use at least {needed}.",
+                param="esn_size",
+            )
+        data, width = parse_input(value)
+        if len(data) > self.settings.max_input_steps:
+            raise PayloadTooLarge(
+                f"The input has {len(data)} steps; the limit is {self.settings.max_input_steps}.",
+                param=param,
+            )
+        config = NetworkConfig(
+            membrane_depth=options.membrane_depth,
+            esn_size=options.esn_size,
+            integrator=options.integrator,
+            seed=options.seed,
+            input_dim=width,
+        )
+        return config, data
+
+    async def process(self, request: ProcessRequest) -> dict[str, Any]:
+        """Run one input; the result of :meth:`ProcessResult.as_dict`."""
+        config, data = self.prepare(request.input, request)
+        result = await asyncio.to_thread(
+            self.processor.process, config, data, trajectory_points=request.trajectory_points
+        )
+        self.outcomes["process", "completed"] += 1
+        return result.as_dict(request.include_states)
+
+    async def batch(self, inputs: list[Any], options: ProcessOptions) -> dict[str, Any]:
+        """Run every input with one configuration; a bad item fails alone, in place."""
+        data: list[dict[str, Any]] = []
+        for index, value in enumerate(inputs):
+            param = f"inputs[{index}]"
+            try:
+                try:
+                    checked = validate_input(value)
+                except ValueError as exc:
+                    raise InvalidRequest(
+                        f"Invalid value for '{param}': {exc}.", param=param
+                    ) from None
+                config, prepared = self.prepare(checked, options, param)
+                result = await asyncio.to_thread(
+                    self.processor.process,
+                    config,
+                    prepared,
+                    trajectory_points=options.trajectory_points,
+                )
+            except DtechoError as exc:
+                data.append({"index": index, "error": _error_dict(exc)})
+                continue
+            data.append({"index": index, "result": result.as_dict(options.include_states)})
+        failed = sum("error" in item for item in data)
+        self.outcomes["batch", "completed"] += 1
+        return {
+            "object": "list",
+            "data": data,
+            "succeeded": len(data) - failed,
+            "failed": failed,
+        }
+
+    async def stream(self, request: ProcessRequest) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Validate now, then return an iterator of (event, payload): ``progress`` as chunks
+        finish, ``heartbeat`` while a chunk takes long, then ``result`` or ``error``.
+        Closing the iterator stops the computation at the next chunk."""
+        config, data = self.prepare(request.input, request)
+        return self._events(config, data, request)
+
+    async def _events(
+        self, config: NetworkConfig, data: Any, request: ProcessRequest
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def progress(done: int, total: int) -> None:
+            payload = {"steps_done": done, "steps_total": total}
+            loop.call_soon_threadsafe(events.put_nowait, ("progress", payload))
+
+        def count(outcome: str) -> None:  # counters are only touched on the loop's thread
+            self.outcomes["stream", outcome] += 1
+
+        def work() -> None:
+            try:
+                result: ProcessResult = self.processor.process(
+                    config,
+                    data,
+                    trajectory_points=request.trajectory_points,
+                    progress=progress,
+                    cancelled=stop.is_set,
+                )
+                event, outcome = ("result", result.as_dict(request.include_states)), "completed"
+            except ProcessCancelled:
+                event, outcome = ("cancelled", {}), "cancelled"
+            except Exception as exc:  # reported to the client as an error event
+                message = f"Processing failed: {type(exc).__name__}."
+                event, outcome = ("error", {"message": message}), "failed"
+            loop.call_soon_threadsafe(count, outcome)
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        loop.run_in_executor(None, work)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(
+                        events.get(), self.settings.stream_heartbeat_seconds
+                    )
+                except TimeoutError:
+                    yield "heartbeat", {}
+                    continue
+                yield event
+                if event[0] in {"result", "error", "cancelled"}:
+                    break
+        finally:
+            stop.set()  # the worker stops at its next chunk if the client went away
