@@ -152,10 +152,16 @@ def test_background_training_is_polled_until_ready(server: ServerProcess) -> Non
         assert created.json()["status"] == "training"
         model_id = created.json()["id"]
         deadline = time.monotonic() + 60
+        phases = set()
         while (record := client.get(f"models/{model_id}").json())["status"] == "training":
             assert time.monotonic() < deadline
-            time.sleep(0.05)
+            if "progress" in record:
+                phases.add(record["progress"]["phase"])
+                assert record["progress"]["elapsed_seconds"] >= 0
+            time.sleep(0.02)
+    assert phases <= {"fitting", "evaluating", "saving"}
     assert record["status"] == "ready" and record["training"]["nrmse"] < 0.05
+    assert "progress" not in record
 
 
 @pytest.mark.parametrize(

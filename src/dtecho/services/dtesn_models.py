@@ -131,18 +131,23 @@ class ModelService:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
             self.store.put_record(record)
 
+    def _phase(self, record: dict[str, Any], phase: str, started: float) -> None:
+        """Record where a training is (``fitting``, ``evaluating``, ``saving``) for pollers."""
+        record["progress"] = {"phase": phase, "elapsed_seconds": round(time.time() - started, 3)}
+        self.store.put_record(record)
+
     async def _fit(self, record: dict[str, Any], estimator: DTESN, X, Y) -> None:
-        started = time.perf_counter()
-
-        def work() -> tuple[float, np.ndarray]:
-            estimator.fit(X, Y, warmup=record["warmup"])
-            predicted = estimator.predict(X)
-            warm = record["warmup"]
-            return nrmse(predicted[warm:], Y[warm:]), predicted
-
-        score, predicted = await asyncio.to_thread(work)
+        started, wall = time.perf_counter(), time.time()
+        warm = record["warmup"]
+        self._phase(record, "fitting", wall)
+        await asyncio.to_thread(estimator.fit, X, Y, warm)
+        self._phase(record, "evaluating", wall)
+        predicted = await asyncio.to_thread(estimator.predict, X)
+        score = nrmse(predicted[warm:], Y[warm:])
+        self._phase(record, "saving", wall)
         tail = slice(max(record["warmup"], X.shape[0] - PREVIEW_ROWS), None)
         self.store.save_version(record["id"], 1, estimator)
+        record.pop("progress", None)
         record.update(
             status="ready",
             version=1,
