@@ -1,0 +1,1 @@
+"""Micro-batching: concurrent requests executed as one vectorised call."""
