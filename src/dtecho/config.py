@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "BatchingSettings",
     "CacheSettings",
     "ConfigError",
     "DtesnModelSpec",
@@ -40,16 +41,22 @@ __all__ = [
 
 MIB = 1024 * 1024
 
-# The seed documents (001) name these variables; deployments written against them keep working.
-SEED_CACHE_ENV = {
-    "DTESN_CACHE_ENABLED": "enabled",
-    "DTESN_CACHE_STRATEGY": "strategy",
-    "DTESN_CACHE_MAX_MEMORY_ENTRIES": "max_memory_entries",
-    "DTESN_CACHE_MAX_COMPRESSED_ENTRIES": "max_compressed_entries",
-    "DTESN_CACHE_DEFAULT_TTL_SECONDS": "default_ttl_seconds",
-    "DTESN_CACHE_REDIS_URL": "redis_url",
-    "DTESN_CACHE_COMPRESSION_ENABLED": "compression_enabled",
-    "DTESN_CACHE_COMPRESSION_THRESHOLD": "compression_threshold",
+# Flat environment names for nested settings: the seed documents' (001) cache variables, and
+# the batching variables the issues name. ``DTECHO_<SECTION>__<FIELD>`` works as well.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "DTESN_CACHE_ENABLED": ("cache", "enabled"),
+    "DTESN_CACHE_STRATEGY": ("cache", "strategy"),
+    "DTESN_CACHE_MAX_MEMORY_ENTRIES": ("cache", "max_memory_entries"),
+    "DTESN_CACHE_MAX_COMPRESSED_ENTRIES": ("cache", "max_compressed_entries"),
+    "DTESN_CACHE_DEFAULT_TTL_SECONDS": ("cache", "default_ttl_seconds"),
+    "DTESN_CACHE_REDIS_URL": ("cache", "redis_url"),
+    "DTESN_CACHE_COMPRESSION_ENABLED": ("cache", "compression_enabled"),
+    "DTESN_CACHE_COMPRESSION_THRESHOLD": ("cache", "compression_threshold"),
+    "DTECHO_CACHE_NAMESPACE": ("cache", "namespace"),
+    "DTECHO_BATCHING_ENABLED": ("batching", "enabled"),
+    "DTECHO_BATCHING_MAX_SIZE": ("batching", "max_size"),
+    "DTECHO_BATCHING_MAX_WAIT_MS": ("batching", "max_wait_ms"),
+    "DTECHO_BATCHING_QUEUE_SIZE": ("batching", "queue_size"),
 }
 
 
@@ -86,6 +93,18 @@ class DtesnSettings(BaseModel):
     max_input_steps: int = Field(100_000, gt=0)  # bytes of a string input or rows of vectors
     network_cache_size: int = Field(8, ge=1)  # built networks kept for reuse
     stream_heartbeat_seconds: float = Field(10.0, gt=0)
+
+
+class BatchingSettings(BaseModel):
+    """Micro-batching of DTESN processing (see ``dtecho.batching``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_size: int = Field(64, ge=1, le=4096)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    queue_size: int = Field(1024, ge=1)
+    target_latency_ms: float = Field(50.0, gt=0)
 
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
@@ -159,6 +178,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     models: list[ModelSpec] = Field(default_factory=_default_models, min_length=1)
     dtesn: DtesnSettings = Field(default_factory=DtesnSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
 
     @field_validator("models")
     @classmethod
@@ -188,7 +208,7 @@ class Settings(BaseSettings):
         return (
             _OverrideSource(settings_cls),
             env_settings,
-            _SeedCacheEnvSource(settings_cls),
+            _AliasEnvSource(settings_cls),
             init_settings,
         )
 
@@ -225,17 +245,18 @@ class _OverrideSource(PydanticBaseSettingsSource):
         return dict(_overrides.get() or {})
 
 
-class _SeedCacheEnvSource(PydanticBaseSettingsSource):
-    """Maps the seed's ``DTESN_CACHE_*`` variables onto ``cache.*``."""
+class _AliasEnvSource(PydanticBaseSettingsSource):
+    """Maps the flat names of :data:`ENV_ALIASES` onto their nested settings."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        cache = {
-            field: os.environ[name] for name, field in SEED_CACHE_ENV.items() if name in os.environ
-        }
-        return {"cache": cache} if cache else {}
+        found: dict[str, dict[str, str]] = {}
+        for name, (section, field) in ENV_ALIASES.items():
+            if name in os.environ:
+                found.setdefault(section, {})[field] = os.environ[name]
+        return found
 
 
 def redact_url(url: str | None) -> str | None:

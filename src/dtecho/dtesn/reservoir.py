@@ -306,8 +306,11 @@ class Reservoir:
             ip, ix, dat = M.indptr, M.indices, M.data
 
             def affine(x: np.ndarray, p: np.ndarray, out: np.ndarray) -> None:
-                np.copyto(out, p)
-                _csr_matvec(N, N, ip, ix, dat, x[0], out[0])  # out += W·x, no allocation
+                # W·x first, then + p: the batched CSR path's order, so a sequence gives
+                # bit-identical states alone or in a batch.
+                out.fill(0)
+                _csr_matvec(N, N, ip, ix, dat, x[0], out[0])
+                out += p
         else:
 
             def affine(x: np.ndarray, p: np.ndarray, out: np.ndarray) -> None:

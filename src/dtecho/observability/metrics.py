@@ -90,3 +90,36 @@ class _ScrapedCounters:
         for values, count in self._source().items():
             family.add_metric(values, count)
         yield family
+
+
+class BatchMetrics:
+    """Batch sizes, queue depth and queue wait of a micro-batcher (a ``BatchObserver``)."""
+
+    def __init__(self, registry: CollectorRegistry, operation: str) -> None:
+        self.operation = operation
+        self.sizes = Histogram(
+            f"dtecho_{operation}_batch_size",
+            f"Requests per executed {operation} batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.depth = Gauge(
+            f"dtecho_{operation}_batch_queue_depth",
+            f"{operation} requests waiting for a batch.",
+            registry=registry,
+        )
+        self.wait = Histogram(
+            f"dtecho_{operation}_batch_queue_wait_seconds",
+            f"Time {operation} requests waited before their batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def batch(self, key: object, size: int, seconds: float) -> None:
+        self.sizes.observe(size)
+
+    def queued(self, depth: int) -> None:
+        self.depth.set(depth)
+
+    def waited(self, seconds: float) -> None:
+        self.wait.observe(seconds)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from dtecho import __version__
 from dtecho.config import Settings, load_settings, redact_url
 from dtecho.engines.registry import ModelRegistry
-from dtecho.observability.metrics import HttpMetrics
+from dtecho.observability.metrics import BatchMetrics, HttpMetrics
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.middleware import ServingMiddleware
 from dtecho.server.routes import dtesn, dtesn_models, health, openai, pages
@@ -63,11 +63,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     returned app does nothing until an ASGI server starts it.
     """
     settings = settings or load_settings()
+    metrics = HttpMetrics()
     state = ServerState(
         settings=settings,
-        metrics=HttpMetrics(),
+        metrics=metrics,
         models=ModelRegistry.from_settings(settings),
-        dtesn=DtesnService(settings.dtesn),
+        dtesn=DtesnService(
+            settings.dtesn, settings.batching, BatchMetrics(metrics.registry, "dtesn")
+        ),
         dtesn_models=ModelService(settings.data_dir),
     )
     state.metrics.watch_counters(
