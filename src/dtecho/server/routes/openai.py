@@ -53,14 +53,28 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     return get_state(request).models.card(model_id, detailed=True)
 
 
-async def chat_response(body: ChatCompletionRequest, request: Request) -> Response:
-    """A chat completion from whichever engine serves ``body.model``."""
+async def _serve(
+    request: Request,
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+    endpoint: str,
+) -> Response:
+    """Relay ``body`` to the upstream serving its model, or answer it with the native engine."""
     models = get_state(request).models
     relay = models.relay(body.model)
+    stream = bool(getattr(body, "stream", False))
     if relay is not None:
-        return await _relay(relay, "chat/completions", body, body.stream)
+        return await _relay(relay, endpoint, body, stream)
     service = CompletionService(models.generative(body.model))
-    return _answer(await service.chat(body, _request_id(request)))
+    if isinstance(body, ChatCompletionRequest):
+        return _answer(await service.chat(body, _request_id(request)))
+    if isinstance(body, CompletionRequest):
+        return _answer(await service.complete(body, _request_id(request)))
+    return _answer(await service.embed(body))
+
+
+async def chat_response(body: ChatCompletionRequest, request: Request) -> Response:
+    """A chat completion from whichever engine serves ``body.model``."""
+    return await _serve(request, body, "chat/completions")
 
 
 @router.post("/chat/completions")
@@ -70,19 +84,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    models = get_state(request).models
-    relay = models.relay(body.model)
-    if relay is not None:
-        return await _relay(relay, "completions", body, body.stream)
-    service = CompletionService(models.generative(body.model))
-    return _answer(await service.complete(body, _request_id(request)))
+    return await _serve(request, body, "completions")
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    models = get_state(request).models
-    relay = models.relay(body.model)
-    if relay is not None:
-        return await _relay(relay, "embeddings", body, False)
-    service = CompletionService(models.generative(body.model))
-    return JSONResponse(await service.embed(body))
+    return await _serve(request, body, "embeddings")
