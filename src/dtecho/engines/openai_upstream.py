@@ -4,16 +4,21 @@ Aphrodite Engine (``aphrodite run``), vLLM, llama.cpp's server, Ollama and hoste
 the same protocol. Requests are forwarded with the model name mapped; answers are relayed as
 they arrive (SSE chunk by chunk, never buffered whole); upstream errors keep their status and
 OpenAI error body; an unreachable upstream is a 502 at once.
+
+The client is aiohttp's: on this hot path it measured 3–4× less CPU per relayed request than
+httpx, whose connection pool polls every idle connection on each request
+(``benchmarks/proxy_overhead.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from dtecho.config import OpenAIModelSpec
 from dtecho.engines.base import RelayResponse
@@ -51,7 +56,8 @@ class OpenAIUpstreamEngine:
         self.name = spec.name
         self.spec = spec
         self.upstream_model = spec.upstream_model or spec.name
-        self._client: httpx.AsyncClient | None = None
+        self.base_url = spec.base_url.rstrip("/") + "/"
+        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         headers = {"accept-encoding": "identity"}
@@ -59,93 +65,89 @@ class OpenAIUpstreamEngine:
             key = os.environ.get(self.spec.api_key_env)
             if key:
                 headers["authorization"] = f"Bearer {key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.spec.base_url.rstrip("/") + "/",
+        self._session = aiohttp.ClientSession(
             headers=headers,
-            timeout=httpx.Timeout(
-                self.spec.timeout_seconds, connect=self.spec.connect_timeout_seconds
+            connector=aiohttp.TCPConnector(
+                limit=self.spec.max_connections, keepalive_timeout=30, ttl_dns_cache=300
             ),
-            limits=httpx.Limits(
-                max_connections=self.spec.max_connections,
-                max_keepalive_connections=self.spec.max_connections,
-                keepalive_expiry=30,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.spec.connect_timeout_seconds,
+                sock_read=self.spec.timeout_seconds,
             ),
+            auto_decompress=False,
+            raise_for_status=False,
         )
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def check_ready(self) -> None:
-        if self._client is None:
+        if self._session is None or self._session.closed:
             raise EngineUnavailable(f"the connection pool to {self.spec.base_url} is not open")
 
-    def _pool(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _pool(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise EngineUnavailable(f"model '{self.name}' is not started")
-        return self._client
+        return self._session
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await self._pool().send(request, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamError(
+    def _unreachable(self, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, asyncio.TimeoutError):
+            return UpstreamError(
                 f"Upstream {self.spec.base_url} did not answer in time.",
                 status_code=504,
                 code="upstream_timeout",
-            ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamError(
-                f"Upstream {self.spec.base_url} is unreachable ({type(exc).__name__}).",
-                code="upstream_unreachable",
-            ) from None
-
-    async def relay(self, endpoint: str, body: dict[str, Any], *, stream: bool) -> RelayResponse:
-        """POST ``body`` to ``endpoint`` with ``model`` mapped to the upstream's name."""
-        request = self._pool().build_request(
-            "POST", endpoint, json={**body, "model": self.upstream_model}
+            )
+        return UpstreamError(
+            f"Upstream {self.spec.base_url} is unreachable ({type(exc).__name__}).",
+            code="upstream_unreachable",
         )
-        response = await self._send(request)
-        content_type = response.headers.get("content-type", "application/json")
-        if response.status_code >= 400:
-            try:
-                raw = await response.aread()
-            finally:
-                await response.aclose()
-            raise _upstream_error(
-                response.status_code, raw[:MAX_ERROR_BODY_BYTES], self.spec.base_url
-            )
-        if stream and content_type.startswith("text/event-stream"):
-            return RelayResponse(
-                response.status_code, content_type, stream=self._relay_stream(response)
-            )
+
+    async def _request(self, method: str, endpoint: str, **kwargs: Any) -> aiohttp.ClientResponse:
         try:
-            raw = await response.aread()
-        except httpx.TransportError:
+            return await self._pool().request(method, self.base_url + endpoint, **kwargs)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._unreachable(exc) from None
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except (TimeoutError, aiohttp.ClientError):
             raise UpstreamError(
                 f"Upstream {self.spec.base_url} broke off its answer.", code="upstream_unreachable"
             ) from None
         finally:
-            await response.aclose()
-        return RelayResponse(response.status_code, content_type, body=raw)
+            response.release()
 
-    async def _relay_stream(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        # Raw bytes as they arrive; closing this generator (client gone) closes the upstream.
+    async def relay(self, endpoint: str, body: dict[str, Any], *, stream: bool) -> RelayResponse:
+        """POST ``body`` to ``endpoint`` with ``model`` mapped to the upstream's name."""
+        payload = json.dumps({**body, "model": self.upstream_model}).encode()
+        response = await self._request(
+            "POST", endpoint, data=payload, headers={"content-type": "application/json"}
+        )
+        content_type = response.headers.get("content-type", "application/json")
+        if response.status >= 400:
+            raw = await self._read(response)
+            raise _upstream_error(response.status, raw[:MAX_ERROR_BODY_BYTES], self.spec.base_url)
+        if stream and content_type.startswith("text/event-stream"):
+            return RelayResponse(response.status, content_type, stream=self._relay_stream(response))
+        return RelayResponse(response.status, content_type, body=await self._read(response))
+
+    async def _relay_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        # Bytes as they arrive; closing this generator (client gone) closes the upstream.
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 yield chunk
         finally:
-            await response.aclose()
+            response.close()
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The upstream's own model list (used for diagnostics, not for routing)."""
-        response = await self._send(self._pool().build_request("GET", "models"))
-        try:
-            raw = await response.aread()
-        finally:
-            await response.aclose()
-        if response.status_code >= 400:
-            raise _upstream_error(response.status_code, raw, self.spec.base_url)
+        response = await self._request("GET", "models")
+        raw = await self._read(response)
+        if response.status >= 400:
+            raise _upstream_error(response.status, raw, self.spec.base_url)
         data = json.loads(raw).get("data", [])
         return data if isinstance(data, list) else []
