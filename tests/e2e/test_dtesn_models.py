@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -202,3 +203,32 @@ def test_delete_and_unknown_ids(server: ServerProcess) -> None:
             f"models/{wrong_width.json()['id']}/predict", json={"inputs": [[1, 2]], "horizon": 3}
         )
         assert horizon.status_code == 400 and horizon.json()["error"]["param"] == "horizon"
+
+
+def test_streamed_prediction_equals_the_plain_one(server: ServerProcess) -> None:
+    inputs, targets = SERIES[:999, None], SERIES[1:1000, None]
+    with api(server) as client:
+        body = {"inputs": inputs.tolist(), "targets": targets.tolist(), "config": {"units": 60}}
+        model_id = client.post("models", json=body).json()["id"]
+        request = {"inputs": SERIES[:600].tolist(), "horizon": 300}
+        plain = client.post(f"models/{model_id}/predict", json=request).json()
+        events = []
+        with client.stream(
+            "POST", f"models/{model_id}/predict", json={**request, "stream": True}
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            name = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line[6:])))
+    predictions = [e for e in events if e[0] == "predictions"]
+    forecast = [e for e in events if e[0] == "forecast"]
+    assert [p["start"] for _, p in predictions] == [0, 256, 512]
+    # Computed chunk by chunk: equal to the plain answer up to floating-point rounding.
+    streamed = [v for _, p in predictions for v in p["values"]]
+    np.testing.assert_allclose(streamed, plain["predictions"], rtol=1e-12, atol=1e-14)
+    streamed_forecast = [v for _, p in forecast for v in p["values"]]
+    np.testing.assert_allclose(streamed_forecast, plain["forecast"], rtol=1e-9, atol=1e-12)
+    assert events[-1] == ("done", {"version": 1, "steps": 600, "horizon": 300})

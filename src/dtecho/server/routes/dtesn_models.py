@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from dtecho.errors import InvalidRequest
 from dtecho.server.negotiation import render
 from dtecho.server.protocol_dtesn import PredictRequest, TrainRequest, UpdateRequest
+from dtecho.server.sse import SSE_HEADERS, sse_event
 from dtecho.server.state import get_state
 from dtecho.services.dtesn_models import config_from_form, parse_table
 
@@ -110,11 +112,22 @@ async def delete_model(model_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/{model_id}/predict")
 async def predict(model_id: str, body: PredictRequest, request: Request) -> Response:
-    """Teacher-forced predictions for ``inputs`` and an optional closed-loop ``horizon``."""
-    result = await get_state(request).dtesn_models.predict(
-        model_id, np.asarray(body.inputs, float), body.horizon
-    )
-    return JSONResponse(result)
+    """Teacher-forced predictions for ``inputs`` and an optional closed-loop ``horizon``;
+    with ``stream`` as Server-Sent Events (``predictions`` and ``forecast`` chunks, ``done``)."""
+    service = get_state(request).dtesn_models
+    inputs = np.asarray(body.inputs, float)
+    if body.stream:
+        events = await service.predict_stream(model_id, inputs, body.horizon)
+
+        async def frames() -> AsyncIterator[bytes]:
+            try:
+                async for name, payload in events:
+                    yield sse_event(name, payload)
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return JSONResponse(await service.predict(model_id, inputs, body.horizon))
 
 
 @router.post("/{model_id}/update")
