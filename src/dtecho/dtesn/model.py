@@ -24,6 +24,7 @@ from .reservoir import ESPReport, Reservoir, build_weights
 
 __all__ = ["DTESN", "NotFittedError"]
 
+_CHUNK_BYTES = 32 * 2**20  # states that fit and predict hold at once (see _state_chunks)
 FORMAT = "dtecho.dtesn"
 FORMAT_VERSION = 1
 # build_weights' keyword-only arguments are named like our parameters (but for the radius)
@@ -39,6 +40,13 @@ def _differs(value: Any, default: Any) -> bool:
         return bool(value != default)
     except ValueError:  # arrays compare elementwise
         return True
+
+
+def _is_count(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -133,6 +141,10 @@ class DTESN:
         "identity" (linear reservoir). forgetting, rls_delta: RLS factor λ and P₀ = I/δ for
         a partial_fit without prior fit (δ defaults to ridge). matrix_format: "auto",
         "dense" or "sparse" recurrent products. regularize_bias: penalise the intercept too.
+      backend: "auto" (compiled Numba kernels for the Euler loop when the ``fast`` extra is
+        installed), "numpy" or "numba"; the choice changes speed, not results (to ~1e-15).
+      n_jobs: threads for the compiled loop over a batch (sequences split between them);
+        the results do not depend on it.
     """
 
     def __init__(
@@ -162,6 +174,8 @@ class DTESN:
         rls_delta: float | None = None,
         matrix_format: str = "auto",
         regularize_bias: bool = False,
+        backend: str = "auto",
+        n_jobs: int = 1,
     ) -> None:
         for name, value in locals().items():
             if name != "self":
@@ -218,6 +232,8 @@ class DTESN:
             (self.activation in ("tanh", "identity"), "activation 'tanh' or 'identity'"),
             (0 < self.forgetting <= 1, "forgetting in (0, 1]"),
             (self.matrix_format in ("auto", "dense", "sparse"), "matrix_format auto/dense/sparse"),
+            (self.backend in ("auto", "numpy", "numba"), "backend 'auto', 'numpy' or 'numba'"),
+            (_is_count(self.n_jobs), "n_jobs an integer >= 1"),
         ]
         for ok, what in checks:
             if not ok:
@@ -248,11 +264,17 @@ class DTESN:
             self._install(mem, W, W_in, b, leak, key)
             for attr in ("readout_", "n_outputs_"):  # a readout of other weights is void
                 self.__dict__.pop(attr, None)
+        elif (self.reservoir_.backend, self.reservoir_.n_jobs) != (self.backend, self.n_jobs):
+            # speed only: same weights, same readout
+            self._check_params()
+            res = self.reservoir_
+            self._install(self.membranes_, res.W, res.W_in, res.bias, res.leak, key)
         return self.reservoir_
 
     def _install(self, mem, W, W_in, b, leak, key: str) -> None:
         self.membranes_ = mem
-        runtime = {k: getattr(self, k) for k in ("activation", "dtype", "matrix_format")}
+        keys = ("activation", "dtype", "matrix_format", "backend", "n_jobs")
+        runtime = {k: getattr(self, k) for k in keys}
         tableau, substeps = self._tableau(), self._substeps()
         self.reservoir_ = Reservoir(W, W_in, b, leak, tableau=tableau, substeps=substeps, **runtime)
         self.n_features_in_ = W_in.shape[1]
@@ -265,6 +287,27 @@ class DTESN:
             x0 = np.broadcast_to(initial_state, (len(batch.lengths), res.units))[batch.order]
         lengths = None if batch.uniform else batch.lengths
         return res.run(batch.data, x0=x0, lengths=lengths)
+
+    def _state_chunks(self, batch: _Batch, initial_state: np.ndarray | None):
+        """(t0, S) for consecutive time windows: S (k, L, N) holds the states of steps
+        t0 … t0+L−1 of the k sequences still running at t0 (a prefix: they are sorted by
+        length). fit and predict consume these, so the (B, T, N) states never exist at once
+        (~32 MB at a time); every step is computed exactly as in one ``run``."""
+        res = self._ensure_reservoir(batch.width)
+        lengths = batch.lengths
+        B, N = len(lengths), res.units
+        x = np.zeros((B, N), res.dtype)
+        if initial_state is not None:
+            x[:] = np.broadcast_to(initial_state, (B, N))[batch.order]
+        span = max(16, _CHUNK_BYTES // (B * N * res.dtype.itemsize))
+        for t0 in range(0, int(lengths[0]), span):
+            k = int(np.count_nonzero(lengths > t0))
+            L = min(span, int(lengths[0]) - t0)
+            steps = np.minimum(lengths[:k] - t0, L)
+            ragged = steps if steps[-1] < L else None
+            S = res.run(batch.data[:k, t0 : t0 + L], x0=x[:k], lengths=ragged)
+            x[:k] = S[np.arange(k), steps - 1]
+            yield t0, S
 
     def run(self, X: Any, *, initial_state: np.ndarray | None = None) -> Any:
         """Reservoir states: (T, N), (B, T, N) or a list of (T_b, N), matching X."""
@@ -280,10 +323,23 @@ class DTESN:
                 f"warmup={warmup} leaves no training rows (longest sequence is "
                 f"{batch.lengths.max()})"
             )
-        S = self._states(batch, None)
         readout = RidgeReadout(self.ridge, regularize_bias=self.regularize_bias)
-        for b, rows in batch.pieces(warmup):
-            readout.accumulate([batch.data[b, rows], S[b, rows]], target.data[b, rows])
+        for t0, S in self._state_chunks(batch, None):
+            k, L = S.shape[:2]
+            lo = np.clip(warmup - t0, 0, L)
+            hi = np.clip(batch.lengths[:k] - t0, 0, L)
+            if hi[0] <= lo:
+                continue
+            U, Y = batch.data[:k, t0 : t0 + L], target.data[:k, t0 : t0 + L]
+            if hi[-1] == hi[0]:  # every sequence contributes the same rows: one product
+                rows = slice(lo, hi[0])
+                flat = [a[:, rows].reshape(-1, a.shape[-1]) for a in (U, S, Y)]
+                readout.accumulate(flat[:2], flat[2])
+                continue
+            for b in range(k):
+                if hi[b] > lo:
+                    rows = slice(lo, hi[b])
+                    readout.accumulate([U[b, rows], S[b, rows]], Y[b, rows])
         self.readout_ = readout.solve()
         self.n_outputs_ = target.width
         return self
@@ -326,9 +382,14 @@ class DTESN:
         batch = _Batch(X)
         if batch.width != self.n_features_in_:
             raise ValueError(f"X has {batch.width} features, the model {self.n_features_in_}")
-        S = self._states(batch, initial_state)
-        U = batch.data.astype(S.dtype, copy=False)
-        return batch.unpack(self.readout_.predict([U, S]))
+        out = None
+        for t0, S in self._state_chunks(batch, initial_state):
+            k, L = S.shape[:2]
+            if out is None:
+                out = np.zeros((*batch.data.shape[:2], self.n_outputs_), S.dtype)
+            U = batch.data[:k, t0 : t0 + L].astype(S.dtype, copy=False)
+            out[:k, t0 : t0 + L] = self.readout_.predict([U, S])
+        return batch.unpack(out)
 
     def generate(self, n_steps: int, warmup: Any, *, return_states: bool = False) -> Any:
         """Closed loop: teacher-force ``warmup`` ((T₀, d) or (B, T₀, d)), then feed each output
@@ -378,7 +439,7 @@ class DTESN:
     def _reservoir_key(self) -> str:
         """The parameters the reservoir depends on (readout-only ones excluded), as JSON."""
         p = self._config_params()
-        for k in ("ridge", "forgetting", "rls_delta", "regularize_bias"):
+        for k in ("ridge", "forgetting", "rls_delta", "regularize_bias", "backend", "n_jobs"):
             del p[k]
         return json.dumps(p, sort_keys=True)
 

@@ -17,7 +17,11 @@ with states in place (no second T×N array).
 
 from __future__ import annotations
 
+import functools
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import scipy.sparse as sps
@@ -32,6 +36,18 @@ except ImportError:  # pragma: no cover - only if scipy moves it; the public pat
     _csr_matvec = None
 
 __all__ = ["ESPReport", "Reservoir", "build_weights", "spectral_radius"]
+
+
+@functools.cache
+def _numba_kernels() -> ModuleType | None:
+    """The compiled kernels (``_kernels``), or None when Numba is missing or will not import
+    (e.g. built for another NumPy). Imported on first use: Numba takes ~0.5 s to load."""
+    try:
+        from . import _kernels
+    except ImportError:
+        return None
+    return _kernels
+
 
 _DENSE_EIG_MAX = 128  # LAPACK eigvals below this size; ARPACK above (much faster at N ≥ 300)
 _DENSE_MAX_BYTES = 512 * 2**20  # never materialise a dense W larger than this
@@ -190,9 +206,13 @@ class Reservoir:
 
     ``W`` (N, N) CSR, ``W_in`` (N, d_in), ``bias`` (N,), ``leak`` (N,) = dt/τ per unit,
     ``tableau`` an explicit Butcher tableau, ``substeps`` = 1/dt steps per sample.
-    ``matrix_format``: "dense" uses BLAS (best for batches and dense or moderately sparse
-    W), "sparse" uses CSR (best for one sequence with a very sparse W or huge N), "auto"
-    picks per call from B, N, density and dtype.
+    ``matrix_format``: "dense" uses BLAS, "sparse" uses CSR, "auto" picks per call from a
+    cost model of B, N, density, dtype and backend. ``backend``: "numba" runs the Euler
+    (leaky-ESN) loop over a CSR matrix in compiled kernels (``_kernels``; needs the ``fast``
+    extra), "numpy" never does, "auto" uses Numba when it is installed. Both give the same
+    states up to rounding (~1e-15); other integrators always use the NumPy loop. ``n_jobs``:
+    threads for the compiled batched loop, each advancing its own share of the sequences
+    (at least 8 each); the states do not depend on it, bit for bit.
     """
 
     def __init__(
@@ -207,6 +227,8 @@ class Reservoir:
         activation: str = "tanh",
         dtype: str = "float64",
         matrix_format: str = "auto",
+        backend: str = "auto",
+        n_jobs: int = 1,
     ) -> None:
         if not tableau.explicit:
             raise ValueError(f"integrator {tableau.name!r} is implicit; only explicit tableaux")
@@ -214,32 +236,56 @@ class Reservoir:
             raise ValueError(f"activation must be 'tanh' or 'identity', got {activation!r}")
         if matrix_format not in ("auto", "dense", "sparse"):
             raise ValueError(f"matrix_format must be auto, dense or sparse, got {matrix_format!r}")
+        if backend not in ("auto", "numpy", "numba"):
+            raise ValueError(f"backend must be auto, numpy or numba, got {backend!r}")
+        if backend == "numba" and _numba_kernels() is None:
+            raise ValueError("backend='numba' needs Numba: pip install 'dtecho[fast]'")
+        if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs < 1:
+            raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
         self.W, self.W_in, self.bias, self.leak = W, W_in, bias, leak
         self.tableau, self.substeps, self.activation = tableau, int(substeps), activation
         self.dtype = np.dtype(dtype)
         self.matrix_format = matrix_format
+        self.backend = backend
+        self.n_jobs = int(n_jobs)
         self.units, self.input_dim = W_in.shape
         self._dense_T: np.ndarray | None = None
         self._csr: sps.csr_array | None = None
+        self._csr_u: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -- runtime matrices ---------------------------------------------------------------
 
-    def _use_dense(self, batch: int) -> bool:
+    def _compiled(self) -> bool:
+        """Whether the Numba kernels run this reservoir's loop (Euler, one step per sample)."""
+        euler = self.tableau.name == "euler" and self.tableau.stages == 1 and self.substeps == 1
+        return euler and self.backend != "numpy" and _numba_kernels() is not None
+
+    def _use_dense(self, batch: int, compiled: bool) -> bool:
         if self.matrix_format != "auto":
             return self.matrix_format == "dense"
-        N = self.units
+        N, nnz = self.units, self.W.nnz
         if N * N * self.dtype.itemsize > _DENSE_MAX_BYTES:
             return False
-        if batch > 1 or N < 64:
-            return True  # BLAS GEMM beats a CSR product on any batch
-        # Per-step cost model measured on a 2-core AVX-512 machine (ns): CSR mat-vec 0.76 per
-        # nonzero; BLAS gemv 0.085 per entry in float64 (0.13 once W outgrows the L3 cache)
-        # and 0.045 in float32. Crossover at N = 1000: density ≈ 0.11 (f64), 0.06 (f32).
-        if self.dtype == np.float32:
-            per_entry = 0.045
+        f32 = self.dtype == np.float32
+        # Per-step cost model (ns), measured on a 2-core AVX-512 (Zen 4) machine. BLAS: gemv
+        # 0.085 per entry in float64 (0.13 once W outgrows the L3 cache), 0.045 in float32;
+        # GEMM 0.044 per entry and sequence (float64), 0.022 (float32); the NumPy loop adds
+        # ~5 µs of Python per step. SciPy CSR mat-vec: 0.76 per nonzero.
+        if batch == 1:
+            per_entry = 0.045 if f32 else (0.085 if N * N * 8 <= 16 * 2**20 else 0.13)
+            dense = per_entry * N * N + 5000.0
         else:
-            per_entry = 0.085 if N * N * 8 <= 16 * 2**20 else 0.13
-        return per_entry * N * N < 0.76 * self.W.nnz
+            dense = (0.022 if f32 else 0.044) * N * N * batch + 5000.0
+        if not compiled:  # SciPy's sparse products: only worth it for one sequence
+            return batch > 1 or dense < 0.76 * nnz + 5000.0
+        # Numba kernels (no Python per step): one sequence, 0.35 per nonzero while the CSR
+        # arrays fit in ~2 MB of cache, 0.8 beyond; batched, 2.5 per nonzero plus 0.12
+        # (float64) or 0.055 (float32) per nonzero and sequence; plus ~3 per unit and
+        # sequence for tanh, leak and (batched) the transposes.
+        if batch == 1:
+            per_nnz = 0.35 if nnz * (self.dtype.itemsize + 4) <= 2 * 2**20 else 0.8
+            return dense < per_nnz * nnz + 3.0 * N
+        return dense < nnz * (2.5 + (0.055 if f32 else 0.12) * batch) + 3.0 * N * batch
 
     def _matrices(self, dense: bool):
         if dense:
@@ -252,6 +298,13 @@ class Reservoir:
             c.indptr = c.indptr.astype(np.int32)
             self._csr = c
         return self._csr
+
+    def _csr_unsigned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr uint64, indices uint32, data) of W for the Numba kernels."""
+        if self._csr_u is None:
+            c = self._matrices(False)
+            self._csr_u = (c.indptr.astype(np.uint64), c.indices.astype(np.uint32), c.data)
+        return self._csr_u
 
     # -- dynamics -----------------------------------------------------------------------
 
@@ -294,7 +347,11 @@ class Reservoir:
             if np.any(np.diff(lengths) > 0):
                 raise ValueError("lengths must be sorted in non-increasing order")
             active = [int(np.count_nonzero(lengths > t)) for t in range(T)]
-        dense = self._use_dense(B)
+        compiled = self._compiled()
+        dense = self._use_dense(B, compiled)
+        if compiled and not dense:
+            self._run_compiled(P, x, active)
+            return P
         M = self._matrices(dense)
         # affine(x, p, out): out = x·Wᵀ + p, out contiguous (the state views are strided).
         if dense:
@@ -324,6 +381,34 @@ class Reservoir:
         else:
             self._loop_rk(P, x, active, affine, a, tanh)
         return P
+
+    def _run_compiled(self, P: np.ndarray, x: np.ndarray, active: list[int]) -> None:
+        """The Euler loop over CSR W in the Numba kernels (see ``_kernels``), in place in P."""
+        kernels = _numba_kernels()
+        ip, ix, data = self._csr_unsigned()
+        a = self.leak.astype(self.dtype)
+        leaky = not np.all(a == 1.0)
+        tanh = self.activation == "tanh"
+        if P.shape[0] == 1:
+            steps = sum(1 for k in active if k)
+            kernels.euler_csr_single(ip, ix, data, P[0], x[0], a, tanh, leaky, steps)
+            return
+        steps = np.asarray(active, dtype=np.int64)
+        parts = min(self.n_jobs, P.shape[0] // 8)
+        if parts <= 1:
+            kernels.euler_csr_batch(ip, ix, data, P, x, a, tanh, leaky, steps)
+            return
+        # Sequences are independent: each thread runs the kernel (which releases the GIL) on
+        # a contiguous share of them, so the arithmetic per sequence is unchanged.
+        edges = np.linspace(0, P.shape[0], parts + 1).astype(int)
+
+        def share(lo: int, hi: int) -> None:
+            mine = np.clip(steps - lo, 0, hi - lo)
+            kernels.euler_csr_batch(ip, ix, data, P[lo:hi], x[lo:hi], a, tanh, leaky, mine)
+
+        with ThreadPoolExecutor(parts) as pool:
+            for done in [pool.submit(share, lo, hi) for lo, hi in itertools.pairwise(edges)]:
+                done.result()
 
     @staticmethod
     def _loop_euler(P, x, active, affine, a, tanh) -> None:

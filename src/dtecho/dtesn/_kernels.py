@@ -1,0 +1,175 @@
+"""Optional Numba kernels for the leaky-ESN time loop (explicit Euler, one step per sample)
+with a CSR recurrent matrix. Numba comes with the ``fast`` extra; ``reservoir.py`` imports
+this module on first use only (importing Numba takes ~0.5 s) and keeps its NumPy/SciPy loop
+when the import fails. Both compute the same states up to rounding: the sums run in another
+order and ``tanh`` is computed here (``_tanh``, within 2 ulp of NumPy's), so states differ
+by a few ulp (~1e-15 for states of size 1).
+
+  * ``euler_csr_single``: one sequence; the whole time loop is compiled. Each row's dot
+    product keeps four partial sums, so it runs at about one nonzero per cycle (bound by
+    loads) instead of waiting on one chain of additions.
+  * ``euler_csr_batch``: B sequences; states are kept transposed, (N, B), so each nonzero
+    W[i, j] updates a contiguous run of B values (row j of the states) rather than gathering
+    from B rows, and four nonzeros are applied per pass over the run, so every accumulator
+    is loaded and stored once per four nonzeros.
+
+Indices are unsigned throughout (``indptr`` uint64, ``indices`` uint32): Numba guards every
+signed index against Python's negative wrap-around, which blocks vectorisation and about
+doubles the cost of a sparse product. ``error_model="numpy"`` drops the zero-division checks
+for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["euler_csr_batch", "euler_csr_single"]
+
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split for an exact k·ln2 (Cody & Waite)
+_LN2_LO = 1.90821492927058770002e-10
+_POW2 = np.array([2.0**k for k in range(64)])
+_EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(14))
+
+
+def _jit(**options):
+    return numba.njit(cache=True, nogil=True, error_model="numpy", **options)
+
+
+@_jit(inline="always")
+def _tanh(x):  # pragma: no cover - compiled
+    """tanh(x) without libm, so that loops over it vectorise (libm's scalar tanh costs
+    ~10 ns, this ~2.4 ns per value with AVX-512, like NumPy's own SIMD tanh).
+
+    |x| < 0.625: Cephes' rational form x + x³·P(x²)/Q(x²). Otherwise 1 − 2/(e^{2|x|} + 1)
+    with the sign of x, e^y = 2^k·e^r, k = round(y/ln 2), r = y − k·ln 2 ∈ [−ln2/2, ln2/2]
+    by Taylor to degree 13 (truncation < 1e-17); |x| is clamped at 19.0625, beyond which
+    tanh rounds to ±1. Measured against np.tanh on 8e6 points over [−25, 25] and scales
+    1e-8 … 10: at most 2 ulp apart (libm's tanh: 3).
+    """
+    a = min(abs(x), 19.0625)
+    z = x * x
+    p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3
+    q = (
+        (z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3
+    ) * z + 4.84406305325125486048e3
+    small = x + x * z * (p / q)
+    y = a + a
+    kf = np.floor(y * 1.4426950408889634 + 0.5)
+    r = (y - kf * _LN2_HI) - kf * _LN2_LO
+    c = _EXP_TAYLOR
+    e = c[13]
+    for n in range(12, -1, -1):
+        e = c[n] + r * e
+    e *= _POW2[np.uint64(kf)]
+    big = math.copysign(1.0 - 2.0 / (e + 1.0), x)
+    out = small if a < 0.625 else big
+    return out if x == x else x  # NaN stays NaN
+
+
+@_jit(inline="always")
+def _activate(z, x, a, tanh, leaky):  # pragma: no cover - compiled
+    """z ← x + a ⊙ (f(z) − x) (f(z) itself when not ``leaky``), f = tanh or identity, for
+    vectors z, x, a. Two passes: LLVM vectorises each, but not one loop holding both."""
+    if tanh:
+        for i in range(z.shape[0]):
+            z[i] = _tanh(z[i])
+    if leaky:
+        for i in range(z.shape[0]):
+            z[i] = x[i] + a[i] * (z[i] - x[i])
+
+
+@_jit()
+def euler_csr_single(indptr, indices, data, P, x0, a, tanh, leaky, n_steps):  # pragma: no cover
+    """In place: row t of P (T, N) holds p_t = W_in u_t + b and becomes the state
+    x_t = x_{t−1} + a ⊙ (f(W x_{t−1} + p_t) − x_{t−1}) (f(…) itself when not ``leaky``), with
+    x_{−1} = x0. Only the first ``n_steps`` rows are advanced."""
+    N = P.shape[1]
+    four = np.uint64(4)
+    one = np.uint64(1)
+    prev = x0
+    for t in range(n_steps):
+        cur = P[t]
+        for i in range(N):
+            s0 = data.dtype.type(0)
+            s1 = s0
+            s2 = s0
+            s3 = s0
+            k = np.uint64(indptr[i])
+            end = np.uint64(indptr[i + 1])
+            while k + four <= end:
+                s0 += data[k] * prev[indices[k]]
+                s1 += data[k + one] * prev[indices[k + one]]
+                s2 += data[k + np.uint64(2)] * prev[indices[k + np.uint64(2)]]
+                s3 += data[k + np.uint64(3)] * prev[indices[k + np.uint64(3)]]
+                k += four
+            while k < end:
+                s0 += data[k] * prev[indices[k]]
+                k += one
+            cur[i] += (s0 + s1) + (s2 + s3)
+        _activate(cur, prev, a, tanh, leaky)
+        prev = cur
+
+
+@_jit()
+def euler_csr_batch(indptr, indices, data, P, x0, a, tanh, leaky, active):  # pragma: no cover
+    """In place, for B sequences: P[b, t] holds p and becomes the state x_t of sequence b
+    (as in ``euler_csr_single``), from x0[b]. At step t only sequences b < active[t] advance
+    (lengths sorted non-increasing); rows of finished sequences are left untouched."""
+    B, T, N = P.shape
+    xT = np.empty((N, B), P.dtype)  # states, transposed
+    zT = np.empty((N, B), P.dtype)
+    for b in range(B):
+        for i in range(N):
+            xT[i, b] = x0[b, i]
+    four = np.uint64(4)
+    one = np.uint64(1)
+    for t in range(T):
+        k = active[t]
+        if k == 0:
+            break
+        for b in range(k):
+            p = P[b, t]
+            for i in range(N):
+                zT[i, b] = p[i]
+        for i in range(N):  # zT[:, :k] += W xT[:, :k], four nonzeros per pass
+            z = zT[i]
+            j = np.uint64(indptr[i])
+            end = np.uint64(indptr[i + 1])
+            while j + four <= end:
+                v0 = data[j]
+                v1 = data[j + one]
+                v2 = data[j + np.uint64(2)]
+                v3 = data[j + np.uint64(3)]
+                r0 = xT[indices[j]]
+                r1 = xT[indices[j + one]]
+                r2 = xT[indices[j + np.uint64(2)]]
+                r3 = xT[indices[j + np.uint64(3)]]
+                for c in range(k):
+                    z[c] = z[c] + v0 * r0[c] + v1 * r1[c] + v2 * r2[c] + v3 * r3[c]
+                j += four
+            while j < end:
+                v0 = data[j]
+                r0 = xT[indices[j]]
+                for c in range(k):
+                    z[c] += v0 * r0[c]
+                j += one
+        for i in range(N):
+            z = zT[i]
+            x = xT[i]
+            if tanh:
+                for c in range(k):
+                    z[c] = _tanh(z[c])
+            if leaky:
+                ai = a[i]
+                for c in range(k):
+                    x[c] += ai * (z[c] - x[c])
+            else:
+                for c in range(k):
+                    x[c] = z[c]
+        for b in range(k):
+            p = P[b, t]
+            for i in range(N):
+                p[i] = xT[i, b]
