@@ -53,8 +53,10 @@ class NetworkConfig:
             input_scaling=1.0,
             bias_scaling=0.1,
             # CSR products accumulate every row in the same order whatever the batch width,
-            # so a sequence gives bit-identical numbers alone or batched with others.
+            # so a sequence gives bit-identical numbers alone or batched with others (the
+            # optional Numba kernels agree only to ~1e-15, so they are not used here).
             matrix_format="sparse",
+            backend="numpy",
         )
 
 
