@@ -164,8 +164,9 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
-    """Write ``payload`` (plus a timestamp and the command line) to results/<name>.json."""
-    path = path or RESULTS / f"{name}.json"
+    """Write ``payload`` (plus a timestamp and the command line) to results/<name>.json, or
+    results/<name>_quick.json for a --quick run (so a smoke run never replaces real results)."""
+    path = path or RESULTS / f"{name}{'_quick' if payload.get('quick') else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,

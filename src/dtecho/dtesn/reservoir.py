@@ -210,7 +210,8 @@ class Reservoir:
     cost model of B, N, density, dtype and backend. ``backend``: "numba" runs the Euler
     (leaky-ESN) loop over a CSR matrix in compiled kernels (``_kernels``; needs the ``fast``
     extra), "numpy" never does, "auto" uses Numba when it is installed. Both give the same
-    states up to rounding (~1e-15); other integrators always use the NumPy loop. ``n_jobs``:
+    states up to rounding (~1e-15; each is bit-identical batched and alone when W is CSR);
+    other integrators always use the NumPy loop. ``n_jobs``:
     threads for the compiled batched loop, each advancing its own share of the sequences
     (at least 8 each); the states do not depend on it, bit for bit.
     """
@@ -268,24 +269,22 @@ class Reservoir:
             return False
         f32 = self.dtype == np.float32
         # Per-step cost model (ns), measured on a 2-core AVX-512 (Zen 4) machine. BLAS: gemv
-        # 0.085 per entry in float64 (0.13 once W outgrows the L3 cache), 0.045 in float32;
-        # GEMM 0.044 per entry and sequence (float64), 0.022 (float32); the NumPy loop adds
-        # ~5 µs of Python per step. SciPy CSR mat-vec: 0.76 per nonzero.
-        if batch == 1:
-            per_entry = 0.045 if f32 else (0.085 if N * N * 8 <= 16 * 2**20 else 0.13)
-            dense = per_entry * N * N + 5000.0
-        else:
-            dense = (0.022 if f32 else 0.044) * N * N * batch + 5000.0
+        # 0.085 per entry in float64 (0.13 once W outgrows the L3 cache), 0.045 in float32,
+        # and GEMM with fewer than 8 rows runs at that speed too; larger GEMM 0.048 per entry
+        # and sequence (float64), 0.024 (float32). The NumPy loop adds ~5 µs of Python per
+        # step. SciPy CSR mat-vec: 0.76 per nonzero.
+        gemv = 0.045 if f32 else (0.085 if N * N * 8 <= 16 * 2**20 else 0.13)
+        gemm = gemv if batch < 8 else (0.024 if f32 else 0.048)
+        dense = gemm * N * N * batch + 5000.0
         if not compiled:  # SciPy's sparse products: only worth it for one sequence
             return batch > 1 or dense < 0.76 * nnz + 5000.0
-        # Numba kernels (no Python per step): one sequence, 0.35 per nonzero while the CSR
-        # arrays fit in ~2 MB of cache, 0.8 beyond; batched, 2.5 per nonzero plus 0.12
-        # (float64) or 0.055 (float32) per nonzero and sequence; plus ~3 per unit and
-        # sequence for tanh, leak and (batched) the transposes.
+        # Numba kernels (no Python per step): one sequence, 0.4 per nonzero; batched, 1.7 per
+        # nonzero plus 0.10 (float64) or 0.04 (float32) per nonzero and sequence, and ~3 µs
+        # per step; both ~3 per unit and sequence for tanh, leak and (batched) transposes.
         if batch == 1:
-            per_nnz = 0.35 if nnz * (self.dtype.itemsize + 4) <= 2 * 2**20 else 0.8
-            return dense < per_nnz * nnz + 3.0 * N
-        return dense < nnz * (2.5 + (0.055 if f32 else 0.12) * batch) + 3.0 * N * batch
+            return dense < 0.4 * nnz + 3.0 * N
+        per_nnz = 1.7 + (0.04 if f32 else 0.10) * batch
+        return dense < per_nnz * nnz + 3.0 * N * batch + 3000.0
 
     def _matrices(self, dense: bool):
         if dense:
