@@ -77,7 +77,7 @@ class CacheSettings(BaseModel):
     redis_url: str | None = None
     compression_enabled: bool = True
     compression_threshold: int = Field(1024, ge=0)
-    namespace: str = Field("dtecho", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    namespace: str = Field("dtecho", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @field_validator("redis_url")
     @classmethod

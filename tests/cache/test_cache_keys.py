@@ -72,7 +72,7 @@ def test_ambiguous_types_are_refused(bad):
         key({"p": bad})
 
 
-@pytest.mark.parametrize("namespace", ["", "has space", "x" * 65, "glob*"])
+@pytest.mark.parametrize("namespace", ["", "has space", "x" * 65, "glob*", "a:b"])
 def test_bad_namespaces_are_refused(namespace):
     with pytest.raises(ValueError, match="namespace"):
         cache_key(namespace, "/r", None, None, {})

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 
 def body(index: int, seed: int = 0) -> dict:
     return {"input": f"request {index} " * (5 + index), "esn_size": 256, "membrane_depth": 3,
-            "seed": seed, "include_states": True}  # fmt: skip
+            "seed": seed, "include_states": True,
+            "enable_caching": False}  # fmt: skip  (repeats must be computed, not cache hits)
 
 
 def without_timing(result: dict) -> dict:
@@ -62,7 +63,7 @@ def test_batching_off_gives_the_same_numbers(server_factory, server: ServerProce
 
 def test_queue_overflow_is_503_with_retry_after(server_factory) -> None:
     tight = server_factory(env={"DTECHO_BATCHING_QUEUE_SIZE": "1", "DTECHO_BATCHING_MAX_SIZE": "1"})
-    heavy = {"input": "x" * 20_000, "esn_size": 1024, "membrane_depth": 2}
+    heavy = {"input": "x" * 20_000, "esn_size": 1024, "membrane_depth": 2, "enable_caching": False}
     responses = asyncio.run(concurrently(tight, [heavy] * 12))
     statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses and 503 in statuses

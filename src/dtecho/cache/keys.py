@@ -14,7 +14,9 @@ __all__ = ["KEY_VERSION", "cache_key", "canonical_json", "check_namespace"]
 KEY_VERSION = "v1"
 """Bumped when the key derivation changes, so old entries can never be read as new ones."""
 
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# No ":": it separates the namespace from the rest of a key, so a namespace "a" must not be a
+# prefix of another namespace's keys ("a:b:…"), or clearing "a" would reach into "a:b".
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Integral floats within this bound are written as integers: 2**53 is where doubles stop
 # representing every integer, so beyond it "1e20" and the integer 10**20 are not the same value.
 _EXACT_INTEGER_LIMIT = 2.0**53
@@ -24,7 +26,7 @@ def check_namespace(namespace: str) -> str:
     """Return ``namespace`` if it is a valid key prefix (the same rule as ``CacheSettings``)."""
     if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
         raise ValueError(
-            f"cache namespace must be 1-64 characters of A-Z a-z 0-9 _ . : - (got {namespace!r})"
+            f"cache namespace must be 1-64 characters of A-Z a-z 0-9 _ . - (got {namespace!r})"
         )
     return namespace
 

@@ -195,17 +195,23 @@ class ResponseCache:
         """Store ``value`` in every tier with the policy's TTL for ``compute_seconds``.
 
         Returns whether it was stored (not when the cache is disabled or the policy declines).
+        ``compute_seconds`` also counts in the metrics as one computation.
         Raises ``TypeError`` if msgpack cannot represent ``value``.
         """
         self._check_key(key)
         tags, model = _check_labels(tags, model)
         if not self.settings.enabled:
             return False
+        self._stats.record_compute(compute_seconds)
         ttl = self.policy.ttl(compute_seconds)
         if ttl is None:
             return False
         await self._store(key, pack_value(value), ttl, tags, model)
         return True
+
+    def note_bypass(self) -> None:
+        """Count a request that was answered without the cache (it opted out)."""
+        self._stats.bypassed += 1
 
     async def get_or_compute(
         self,

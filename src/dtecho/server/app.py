@@ -10,12 +10,14 @@ import structlog
 from fastapi import FastAPI
 
 from dtecho import __version__
+from dtecho.cache import ResponseCache
 from dtecho.config import Settings, load_settings, redact_url
 from dtecho.engines.registry import ModelRegistry
 from dtecho.observability.metrics import BatchMetrics, HttpMetrics
+from dtecho.server.caching import RouteCache
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.middleware import ServingMiddleware
-from dtecho.server.routes import dtesn, dtesn_models, health, openai, pages
+from dtecho.server.routes import cache, dtesn, dtesn_models, health, openai, pages
 from dtecho.server.state import ServerState
 from dtecho.services.dtesn_models import ModelService
 from dtecho.services.dtesn_service import DtesnService
@@ -49,10 +51,20 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
         state.readiness["redis"] = redis_ready
         _log.info("redis_configured", url=redact_url(url))
 
+    await state.cache.cache.start()  # never fails for Redis trouble: L1/L2 serve meanwhile
+    stack.push_async_callback(state.cache.cache.close)
     await state.models.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
     for name, engine in state.models.engines().items():
         state.readiness[f"model:{name}"] = engine.check_ready
+
+
+def _response_cache(settings: Settings) -> ResponseCache:
+    return ResponseCache(
+        settings.cache,
+        settings.cache_redis_url,
+        redis_timeout_seconds=settings.redis_timeout_seconds,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,12 +84,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.dtesn, settings.batching, BatchMetrics(metrics.registry, "dtesn")
         ),
         dtesn_models=ModelService(settings.data_dir),
+        cache=RouteCache(_response_cache(settings), settings),
     )
     state.metrics.watch_counters(
         "dtecho_engine_generations",
         "Generations by model and outcome (started, completed, cancelled).",
         ("model", "outcome"),
         state.models.generation_counts,
+    )
+    state.metrics.watch_counters(
+        "dtecho_cache_events",
+        "Response cache events: hit (by tier), miss, bypass, coalesced, compute, eviction, "
+        "demotion, invalidation, l3_error, l3_corrupt.",
+        ("event", "tier"),
+        state.cache.cache.counts,
     )
     state.metrics.watch_counters(
         "dtecho_dtesn_operations",
@@ -106,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(dtesn.router)
     app.include_router(dtesn_models.router)
+    app.include_router(cache.router)
     app.include_router(pages.router)
     app.add_middleware(
         ServingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_request_bytes

@@ -9,6 +9,7 @@ Nothing acceptable is a 406 in the OpenAI error body. Every negotiated response 
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from dtecho.errors import NotAcceptable
 
-__all__ = ["OFFERED", "negotiate", "parse_accept", "render", "to_xml"]
+__all__ = ["OFFERED", "negotiate", "parse_accept", "render", "render_encoded", "to_xml"]
 
 JSON, HTML, XML, MSGPACK = "application/json", "text/html", "application/xml", "application/msgpack"
 OFFERED = (JSON, HTML, XML, MSGPACK)
@@ -137,3 +138,24 @@ def render(
     if chosen == MSGPACK:
         return Response(msgpack.packb(data), status_code, headers, media_type=MSGPACK)
     return JSONResponse(data, status_code, headers)
+
+
+def render_encoded(
+    request: Request,
+    encoded: bytes,
+    *,
+    page: Callable[[Any], str] | None = None,
+    root: str = "response",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """:func:`render` for data already encoded as JSON (a cached result): JSON clients get
+    the bytes as they are, other representations decode them first. ``page`` receives the
+    decoded data; ``headers`` are added to the response."""
+    extra = headers or {}
+    offered = OFFERED if page is not None else (JSON, XML, MSGPACK)
+    if negotiate(request.headers.get("accept"), offered) == JSON:
+        return Response(encoded, 200, {"vary": "Accept", **extra}, media_type=JSON)
+    data = json.loads(encoded)
+    response = render(request, data, page=(lambda: page(data)) if page else None, root=root)
+    response.headers.update(extra)
+    return response

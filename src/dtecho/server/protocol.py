@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
+    "CacheOptions",
+    "CacheTag",
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
@@ -25,7 +27,19 @@ __all__ = [
 MAX_STOP_SEQUENCES = 4
 
 
-class _Wire(BaseModel):
+CacheTag = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class CacheOptions(BaseModel):
+    """How a request uses the response cache (fields of every cacheable request)."""
+
+    enable_caching: bool | None = Field(
+        None, description="true: cache even if not deterministic; false: bypass the cache"
+    )
+    invalidation_tags: list[CacheTag] = Field(default_factory=list, max_length=32)
+
+
+class _Wire(CacheOptions):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     def extra_fields(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dtecho.dtesn import bseries
-from dtecho.server.protocol import ChatCompletionRequest
+from dtecho.server.protocol import CacheOptions, ChatCompletionRequest
 
 __all__ = [
     "BatchRequest",
@@ -52,7 +52,7 @@ def validate_input(value: Any) -> str | list[list[float]]:
     return value
 
 
-class ProcessOptions(BaseModel):
+class ProcessOptions(CacheOptions):
     """The network configuration and what to return; shared by a batch's items."""
 
     model_config = ConfigDict(extra="forbid")
@@ -151,7 +151,7 @@ class TrainRequest(BaseModel):
     _series = field_validator("inputs", "targets")(lambda cls, v: _as_matrix(v))
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(CacheOptions):
     """``POST /v1/dtesn/models/{id}/predict``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -181,8 +181,6 @@ class DtesnChatRequest(ChatCompletionRequest):
     enable_dtesn: bool = True
     dtesn_membrane_depth: int = Field(4, ge=1, le=8)
     dtesn_esn_size: int = Field(512, ge=32, le=4096)
-    enable_caching: bool | None = None
-    invalidation_tags: list[str] = Field(default_factory=list, max_length=32)
 
     def chat_request(self) -> ChatCompletionRequest:
         """The plain OpenAI request, without the DTESN fields."""
@@ -190,10 +188,4 @@ class DtesnChatRequest(ChatCompletionRequest):
         return ChatCompletionRequest.model_validate(data)
 
 
-DTESN_CHAT_FIELDS = (
-    "enable_dtesn",
-    "dtesn_membrane_depth",
-    "dtesn_esn_size",
-    "enable_caching",
-    "invalidation_tags",
-)
+DTESN_CHAT_FIELDS = ("enable_dtesn", "dtesn_membrane_depth", "dtesn_esn_size")

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from dtecho.config import Settings
 from dtecho.engines.registry import ModelRegistry
 from dtecho.observability.metrics import HttpMetrics
+from dtecho.server.caching import RouteCache
 from dtecho.server.pages import PageRenderer
 from dtecho.services.dtesn_models import ModelService
 from dtecho.services.dtesn_service import DtesnService
@@ -31,6 +32,7 @@ class ServerState:
     models: ModelRegistry
     dtesn: DtesnService
     dtesn_models: ModelService
+    cache: RouteCache
     pages: PageRenderer = field(default_factory=PageRenderer)
     started_at: float = field(default_factory=time.time)
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)

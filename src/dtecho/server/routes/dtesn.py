@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from dtecho.cache import ResultTier
 from dtecho.dtesn import bseries, trees
-from dtecho.server.negotiation import render
+from dtecho.server.caching import CACHE_FIELDS, CACHE_HEADER, DTESN_MODEL
+from dtecho.server.negotiation import negotiate, render_encoded
 from dtecho.server.protocol_dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
 from dtecho.server.routes.openai import chat_response
 from dtecho.server.sse import SSE_HEADERS, sse_comment, sse_event
@@ -19,23 +21,56 @@ from dtecho.server.state import get_state
 router = APIRouter(prefix="/v1/dtesn", tags=["dtesn"])
 
 
+async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, ResultTier]:
+    """The JSON of one processing result, through the response cache."""
+    state = get_state(request)
+    key = None
+    if state.cache.wanted(request, body.enable_caching, True):
+        params = body.model_dump(mode="json", exclude=set(CACHE_FIELDS))
+        version = state.cache.model_version(DTESN_MODEL)
+        key = state.cache.key("/v1/dtesn/process", DTESN_MODEL, version, params)
+    return await state.cache.json(
+        key, lambda: state.dtesn.process(body), tags=body.invalidation_tags, model=DTESN_MODEL
+    )
+
+
 @router.post("/process")
 async def process(body: ProcessRequest, request: Request) -> Response:
     """Run one input through a DTESN of the requested shape; the real per-membrane result
-    (JSON, HTML, XML or msgpack by ``Accept``)."""
+    (JSON, HTML, XML or msgpack by ``Accept``). Results are cached (``X-Cache``)."""
     state = get_state(request)
-    result = await state.dtesn.process(body)
+    negotiate(request.headers.get("accept"))  # a 406 before any work
+    encoded, tier = await _process(request, body)
     form = {"input": body.input if isinstance(body.input, str) else "(vectors)",
             "membrane_depth": body.membrane_depth, "esn_size": body.esn_size,
             "integrator": body.integrator, "seed": body.seed}  # fmt: skip
-    return render(request, result, page=lambda: state.pages.dtesn(form, result), root="process")
+    return render_encoded(
+        request,
+        encoded,
+        page=lambda result: state.pages.dtesn(form, result),
+        root="process",
+        headers={CACHE_HEADER: tier},
+    )
 
 
 @router.post("/batch")
-async def batch(body: BatchRequest, request: Request) -> dict[str, Any]:
-    """Run 1–1000 inputs with one configuration; results in input order, errors per item."""
+async def batch(body: BatchRequest, request: Request) -> Response:
+    """Run 1–1000 inputs with one configuration; results in input order, errors per item.
+    Cached as a whole (``X-Cache``)."""
+    state = get_state(request)
     options = body.model_copy(update={"inputs": []})
-    return await get_state(request).dtesn.batch(body.inputs, options)
+    key = None
+    if state.cache.wanted(request, body.enable_caching, True):
+        params = body.model_dump(mode="json", exclude=set(CACHE_FIELDS))
+        version = state.cache.model_version(DTESN_MODEL)
+        key = state.cache.key("/v1/dtesn/batch", DTESN_MODEL, version, params)
+    encoded, tier = await state.cache.json(
+        key,
+        lambda: state.dtesn.batch(body.inputs, options),
+        tags=body.invalidation_tags,
+        model=DTESN_MODEL,
+    )
+    return Response(encoded, media_type="application/json", headers={CACHE_HEADER: tier})
 
 
 @router.post("/stream")
@@ -81,15 +116,21 @@ async def bseries_reference(order: int = Query(4, ge=1, le=8)) -> dict[str, Any]
 async def dtesn_chat(body: DtesnChatRequest, request: Request) -> Response:
     """A chat completion from the named model's engine; with ``enable_dtesn`` the answer also
     carries ``dtesn``, the real DTESN processing of the conversation's text (in the JSON body,
-    or in the first chunk of a stream)."""
+    or in the first chunk of a stream). ``X-Cache-Hit`` says whether the completion came from
+    the response cache (``X-Cache`` says from which tier)."""
     processed = None
     if body.enable_dtesn:
         text = "\n".join(message.text() for message in body.messages) or " "
         options = ProcessRequest(
-            input=text, membrane_depth=body.dtesn_membrane_depth, esn_size=body.dtesn_esn_size
+            input=text,
+            membrane_depth=body.dtesn_membrane_depth,
+            esn_size=body.dtesn_esn_size,
+            enable_caching=body.enable_caching,
+            invalidation_tags=body.invalidation_tags,
         )
-        processed = await get_state(request).dtesn.process(options)
+        processed = json.loads((await _process(request, options))[0])
     response = await chat_response(body.chat_request(), request)
+    response.headers["x-cache-hit"] = str(response.headers[CACHE_HEADER].startswith("HIT")).lower()
     response.headers["x-dtesn-processed"] = "true" if processed else "false"
     elapsed = processed["processing_time_ms"] if processed else 0.0
     response.headers["x-processing-time-ms"] = f"{elapsed:.3f}"

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from dtecho.errors import InvalidRequest
+from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
 from dtecho.server.protocol_dtesn import PredictRequest, TrainRequest, UpdateRequest
 from dtecho.server.sse import SSE_HEADERS, sse_event
@@ -106,7 +107,9 @@ async def get_model(model_id: str, request: Request) -> Response:
 
 @router.delete("/{model_id}")
 async def delete_model(model_id: str, request: Request) -> dict[str, Any]:
-    get_state(request).dtesn_models.delete(model_id)
+    state = get_state(request)
+    state.dtesn_models.delete(model_id)
+    await state.cache.cache.invalidate_model(model_id)
     return {"id": model_id, "object": "dtesn.model.deleted", "deleted": True}
 
 
@@ -127,12 +130,29 @@ async def predict(model_id: str, body: PredictRequest, request: Request) -> Resp
                 await events.aclose()  # type: ignore[attr-defined]
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
-    return JSONResponse(await service.predict(model_id, inputs, body.horizon))
+    cache = get_state(request).cache
+    key = None
+    if cache.wanted(request, body.enable_caching, True):
+        # The version is part of the key: an update makes new keys, never a stale answer.
+        version = service.get(model_id)["version"]
+        params = {"inputs": body.inputs, "horizon": body.horizon}
+        key = cache.key("/v1/dtesn/models/predict", model_id, version, params)
+    encoded, tier = await cache.json(
+        key,
+        lambda: service.predict(model_id, inputs, body.horizon),
+        tags=body.invalidation_tags,
+        model=model_id,
+    )
+    return Response(encoded, media_type="application/json", headers={CACHE_HEADER: tier})
 
 
 @router.post("/{model_id}/update")
 async def update(model_id: str, body: UpdateRequest, request: Request) -> dict[str, Any]:
-    """An online recursive-least-squares update; bumps the model's version."""
-    return await get_state(request).dtesn_models.update(
+    """An online recursive-least-squares update; bumps the model's version (so cached
+    predictions of the old version are never served, and are dropped everywhere)."""
+    state = get_state(request)
+    record = await state.dtesn_models.update(
         model_id, np.asarray(body.inputs, float), np.asarray(body.targets, float), body.warmup
     )
+    await state.cache.cache.invalidate_model(model_id)
+    return record

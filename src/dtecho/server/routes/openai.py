@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dtecho.engines.base import RelayEngine
+from dtecho.server.caching import CACHE_FIELDS
 from dtecho.server.negotiation import render
 from dtecho.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from dtecho.server.sse import SSE_HEADERS
@@ -29,7 +30,7 @@ def _answer(result: dict[str, Any] | AsyncIterator[bytes]) -> Response:
 
 
 async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) -> Response:
-    payload = body.model_dump(exclude_unset=True)
+    payload = body.model_dump(exclude_unset=True, exclude=set(CACHE_FIELDS))
     answer = await engine.relay(endpoint, payload, stream=stream)
     if answer.stream is not None:
         return StreamingResponse(
@@ -53,11 +54,10 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     return get_state(request).models.card(model_id, detailed=True)
 
 
-async def _serve(
-    request: Request,
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
-    endpoint: str,
-) -> Response:
+OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+
+
+async def _compute(request: Request, body: OpenAIRequest, endpoint: str) -> Response:
     """Relay ``body`` to the upstream serving its model, or answer it with the native engine."""
     models = get_state(request).models
     relay = models.relay(body.model)
@@ -70,6 +70,30 @@ async def _serve(
     if isinstance(body, CompletionRequest):
         return _answer(await service.complete(body, _request_id(request)))
     return _answer(await service.embed(body))
+
+
+def _deterministic(body: OpenAIRequest) -> bool:
+    """Embeddings always; completions with temperature 0 or a seed."""
+    if isinstance(body, EmbeddingRequest):
+        return True
+    return body.temperature == 0 or body.seed is not None
+
+
+async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Response:
+    """The answer to ``body``, through the response cache where the request allows it."""
+    cache = get_state(request).cache
+    get_state(request).models.get(body.model)  # an unknown model is a 404, never a cache miss
+    key = None
+    if cache.wanted(request, body.enable_caching, _deterministic(body)):
+        params = body.model_dump(mode="json", exclude={*CACHE_FIELDS, "user"})
+        key = cache.key(f"/v1/{endpoint}", body.model, cache.model_version(body.model), params)
+    return await cache.response(
+        key,
+        lambda: _compute(request, body, endpoint),
+        stream=bool(getattr(body, "stream", False)),
+        tags=body.invalidation_tags,
+        model=body.model,
+    )
 
 
 async def chat_response(body: ChatCompletionRequest, request: Request) -> Response:
