@@ -1,17 +1,11 @@
 """Fixtures for the cache tests: unique namespaces, started caches, a Redis we can kill.
 
-Test modules take them with ``from cache_support import *``. Not a ``conftest.py``: a second
-module named ``conftest`` would shadow ``tests/conftest.py`` for the e2e tests that import
-from it (``from conftest import ServerProcess``).
+Test modules take them with ``from cache_support import *``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +16,7 @@ import redis
 
 from dtecho.cache import ResponseCache
 from dtecho.config import CacheSettings
+from support import RedisProcess
 
 __all__ = [
     "clock",
@@ -65,12 +60,6 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def delete_namespace(url: str, namespace: str) -> None:
@@ -136,48 +125,6 @@ async def make_cache(namespace: str, redis_url: str) -> AsyncIterator[CacheFacto
     yield factory
     for cache in caches:
         await cache.close()
-
-
-class RedisProcess:
-    """A throwaway ``redis-server`` on a fixed port that a test can stop, freeze and restart."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is required for the Redis failure tests")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_timeout=0.5).ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.02)
-        pytest.fail(f"redis-server on port {self.port} did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)  # in case it was frozen
-            self.process.kill()
-            self.process.wait()
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture

@@ -14,9 +14,14 @@ pytestmark = pytest.mark.e2e
 
 
 def body(index: int, seed: int = 0) -> dict:
-    return {"input": f"request {index} " * (5 + index), "esn_size": 256, "membrane_depth": 3,
-            "seed": seed, "include_states": True,
-            "enable_caching": False}  # fmt: skip  (repeats must be computed, not cache hits)
+    return {
+        "input": f"request {index} " * (5 + index),
+        "esn_size": 256,
+        "membrane_depth": 3,
+        "seed": seed,
+        "include_states": True,
+        "enable_caching": False,
+    }  # fmt: skip  (repeats must be computed, not cache hits)
 
 
 def without_timing(result: dict) -> dict:

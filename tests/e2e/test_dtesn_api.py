@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerProcess
 from dtecho.dtesn import trees
 from dtecho.dtesn.text import one_hot
 from dtecho.services.dtesn_processing import NetworkConfig
+from support import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,9 @@ TEXT = "Deep Tree Echo State Networks nest reservoirs like membranes."
 
 
 def post(server: ServerProcess, path: str, body: dict) -> httpx.Response:
-    return httpx.post(f"{server.base_url}/v1/dtesn/{path}", json=body, timeout=120)
+    """POST computed afresh: these tests check the computation, not the response cache."""
+    headers = {"cache-control": "no-store"}
+    return httpx.post(f"{server.base_url}/v1/dtesn/{path}", json=body, headers=headers, timeout=120)
 
 
 def without_timing(result: dict) -> dict:

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import ServerProcess
 from dtecho.dtesn import DTESN, datasets
+from support import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerProcess
+from support import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +31,8 @@ def async_client(server: ServerProcess) -> openai.AsyncOpenAI:
 
 
 def chat(client: openai.OpenAI, **kwargs):
+    # Computed afresh: these tests check the engine, not the response cache.
+    kwargs.setdefault("extra_body", {"enable_caching": False})
     return client.chat.completions.create(model="dtesn-echo", messages=CHAT, **kwargs)
 
 

@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from conftest import ServerProcess, free_port
+from support import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -16,7 +16,7 @@ CHAT = [{"role": "user", "content": "Return the value of"}]
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> ServerProcess:
-    from conftest import start_server
+    from support import start_server
 
     server = start_server(tmp_path_factory.mktemp("upstream"))
     yield server
@@ -25,7 +25,7 @@ def upstream(tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, upstream: ServerProcess) -> ServerProcess:
-    from conftest import start_server
+    from support import start_server
 
     base = f"{upstream.base_url}/v1"
     config = {

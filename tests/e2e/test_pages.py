@@ -11,8 +11,8 @@ import msgpack
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from conftest import ServerProcess
 from dtecho.dtesn import datasets
+from support import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

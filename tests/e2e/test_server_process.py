@@ -8,7 +8,7 @@ import signal
 import httpx
 import pytest
 
-from conftest import ServerProcess, free_port
+from support import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from conftest import free_port
 from dtecho.config import Settings
 from dtecho.server.app import create_app
+from support import free_port
 
 
 def test_live_needs_nothing() -> None:

@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
@@ -31,11 +31,18 @@ from dtecho.cache import ResponseCache, ResultTier, cache_key, canonical_json
 from dtecho.config import Settings
 from dtecho.server.sse import SSE_DONE, SSE_HEADERS
 
-__all__ = ["CACHE_FIELDS", "CACHE_HEADER", "DTESN_MODEL", "RouteCache", "encode_json"]
+__all__ = [
+    "CACHE_FIELDS", "CACHE_HEADER", "DTESN_MODEL", "RouteCache", "XCache", "encode_json",
+]  # fmt: skip
 
 CACHE_HEADER = "x-cache"
 CACHE_FIELDS = frozenset({"enable_caching", "invalidation_tags"})
 """Request fields that steer the cache and never reach an engine or a key."""
+XCache = Literal["HIT-L1", "HIT-L2", "HIT-L3", "MISS", "BYPASS"]
+"""The ``X-Cache`` header's values."""
+_LABELS: dict[ResultTier, XCache] = {
+    "L1": "HIT-L1", "L2": "HIT-L2", "L3": "HIT-L3", "MISS": "MISS", "BYPASS": "BYPASS",
+}  # fmt: skip
 DTESN_MODEL = "dtesn"
 """The model label of ``/v1/dtesn/process`` and ``/batch`` entries (for ``invalidate_model``)."""
 
@@ -94,10 +101,9 @@ class RouteCache:
         *,
         tags: Sequence[str] = (),
         model: str | None = None,
-    ) -> tuple[bytes, ResultTier]:
-        """The JSON bytes of ``await compute()``, from the cache when possible.
-
-        ``key=None`` bypasses the cache (the request opted out)."""
+    ) -> tuple[bytes, XCache]:
+        """The JSON bytes of ``await compute()``, from the cache when possible, and where
+        they came from (the ``X-Cache`` value). ``key=None`` bypasses the cache."""
 
         async def encoded() -> bytes:
             return encode_json(await compute())
@@ -105,7 +111,8 @@ class RouteCache:
         if key is None:
             self.cache.note_bypass()
             return await encoded(), "BYPASS"
-        return await self.cache.get_or_compute(key, encoded, tags=tags, model=model)
+        value, tier = await self.cache.get_or_compute(key, encoded, tags=tags, model=model)
+        return value, _LABELS[tier]
 
     async def response(
         self,
@@ -137,7 +144,8 @@ class RouteCache:
             value, tier = await self.cache.get_or_compute(key, capture, tags=tags, model=model)
         except _Uncacheable as exc:
             return _labelled(exc.response, "MISS")
-        return Response(value["body"], media_type=value["media_type"], headers={CACHE_HEADER: tier})
+        headers = {CACHE_HEADER: _LABELS[tier]}
+        return Response(value["body"], media_type=value["media_type"], headers=headers)
 
     async def _stream(
         self,
@@ -152,7 +160,7 @@ class RouteCache:
             return StreamingResponse(
                 _replay(frames),
                 media_type=hit.value["media_type"],
-                headers={**SSE_HEADERS, CACHE_HEADER: hit.tier},
+                headers={**SSE_HEADERS, CACHE_HEADER: _LABELS[hit.tier]},
             )
         started = time.perf_counter()
         response = await serve()
@@ -193,6 +201,6 @@ async def _replay(frames: list[bytes]) -> AsyncIterator[bytes]:
         yield frame
 
 
-def _labelled(response: Response, tier: ResultTier) -> Response:
-    response.headers[CACHE_HEADER] = tier
+def _labelled(response: Response, label: XCache) -> Response:
+    response.headers[CACHE_HEADER] = label
     return response

@@ -9,9 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dtecho.cache import ResultTier
 from dtecho.dtesn import bseries, trees
-from dtecho.server.caching import CACHE_FIELDS, CACHE_HEADER, DTESN_MODEL
+from dtecho.server.caching import CACHE_FIELDS, CACHE_HEADER, DTESN_MODEL, XCache
 from dtecho.server.negotiation import negotiate, render_encoded
 from dtecho.server.protocol_dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
 from dtecho.server.routes.openai import chat_response
@@ -21,7 +20,7 @@ from dtecho.server.state import get_state
 router = APIRouter(prefix="/v1/dtesn", tags=["dtesn"])
 
 
-async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, ResultTier]:
+async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, XCache]:
     """The JSON of one processing result, through the response cache."""
     state = get_state(request)
     key = None

@@ -1,0 +1,152 @@
+"""Test helpers shared by every test package: real server processes and a real Redis.
+
+Imported as ``from support import …`` (``tests/`` is on ``sys.path`` through its conftest).
+Helpers live here rather than in ``conftest.py`` so that no test imports a module called
+``conftest``, which a conftest in a subdirectory would shadow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+__all__ = ["RedisProcess", "ServerProcess", "free_port", "start_server", "wait_until"]
+
+SERVER_START_TIMEOUT_SECONDS = 60.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A ``dtecho serve`` child process and where to reach it."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+    config_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    directory: Path,
+    config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> ServerProcess:
+    """Start ``python -m dtecho serve`` on a free port; wait until ``/health/live`` answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config_path = directory / "dtecho.yaml"
+    config = {"data_dir": str(directory / "data"), **(config or {})}
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log_path = directory / "server.log"
+    child_env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DTECHO_", "DTESN_CACHE_"))
+    }
+    child_env.update(env or {})
+    command = [sys.executable, "-m", "dtecho", "serve", "--port", str(port)]
+    command += ["--config", str(config_path), *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path, config_path)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dtecho serve exited with {process.returncode}:\n{server.logs()}")
+        try:
+            if httpx.get(f"{server.base_url}/health/live", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"dtecho serve did not become live in time:\n{server.logs()}")
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` on a fixed port that a test can stop, freeze and restart."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is required for the Redis failure tests")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.02)
+        pytest.fail(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # in case it was frozen
+            self.process.kill()
+            self.process.wait()
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
