@@ -3,7 +3,7 @@
 One run starts, each as its own process: a very fast upstream (``_fast_upstream.py``), one
 ``dtecho serve`` worker relaying to it, and LiteLLM's proxy against the same upstream when
 ``--litellm PATH`` (or ``DTECHO_BENCH_LITELLM``) names its ``litellm`` command. The load comes
-from a separate process (this file with ``--loadgen``, or ``wrk`` for the closed loop). Each
+from a separate process (``_loadgen.py``, or ``wrk`` for the closed loop). Each
 phase runs the targets back to back, in a rotating order, under the same conditions:
 
 - **sequential**: concurrency 1, the next request as soon as the previous answer is complete;
@@ -25,14 +25,12 @@ Writes ``benchmarks/results/proxy_overhead.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import http.client
 import json
 import os
 import platform
 import resource
-import selectors
 import shutil
 import signal
 import socket
@@ -40,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -48,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import print_table, write_json
+from _loadgen import percentile, run_loadgen, summarise_ms
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_MODEL = "fast-upstream"
@@ -98,250 +97,6 @@ def request_body(model: str) -> bytes:
         "temperature": 0.7,
     }
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def raw_request(port: int, body: bytes) -> bytes:
-    head = (
-        f"POST {CHAT_PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-# --------------------------------------------------------------------------- load generator
-# Runs in its own process (``--loadgen SPEC``) and prints one JSON line.
-
-
-OnResponse = Callable[["_Connection", int, float], None]
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 client connection with at most one request in flight."""
-
-    def __init__(self, on_response: OnResponse) -> None:
-        import httptools
-
-        self._on_response = on_response
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.sent_at = 0.0
-        self.scheduled_at = 0.0
-        self.busy = False
-        self.open = True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self._parser.feed_data(data)
-
-    def on_message_complete(self) -> None:
-        self.busy = False
-        self._on_response(self, self._parser.get_status_code(), time.perf_counter())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False  # e.g. the server's keep-alive timeout on an idle connection
-        if self.busy:
-            self.busy = False
-            self._on_response(self, 0, time.perf_counter())
-
-    def send(self, request: bytes, scheduled_at: float) -> None:
-        assert self.transport is not None
-        self.busy = True
-        self.scheduled_at = scheduled_at
-        self.sent_at = time.perf_counter()
-        self.transport.write(request)
-
-
-async def _connect(port: int, on_response: OnResponse) -> _Connection:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: _Connection(on_response), "127.0.0.1", port)
-    return conn
-
-
-async def _sequential(spec: dict[str, Any]) -> dict[str, Any]:
-    request, remaining = raw_request(spec["port"], spec["body"].encode()), spec["requests"]
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    done = asyncio.get_running_loop().create_future()
-
-    def on_response(conn: _Connection, status: int, now: float) -> None:
-        nonlocal remaining
-        latencies.append(now - conn.sent_at)
-        statuses[status] += 1
-        remaining -= 1
-        if remaining > 0 and status:
-            conn.send(request, now)
-        elif not done.done():
-            done.set_result(None)
-
-    conn = await _connect(spec["port"], on_response)
-    started = time.perf_counter()
-    conn.send(request, started)
-    await done
-    return {
-        "latencies_s": latencies,
-        "statuses": dict(statuses),
-        "elapsed_s": time.perf_counter() - started,
-    }
-
-
-async def _open_loop(spec: dict[str, Any]) -> dict[str, Any]:
-    """Requests leave on a fixed schedule over a fixed set of connections; when none is free,
-    a request waits client-side, and its latency still counts from its scheduled time."""
-    request = raw_request(spec["port"], spec["body"].encode())
-    latencies: list[float] = []
-    service: list[float] = []
-    lags: list[float] = []
-    statuses: Counter[int] = Counter()
-    idle: deque[_Connection] = deque()
-    backlog: deque[float] = deque()  # scheduled times still waiting for a connection
-    state = {"pending": 0, "sending": True, "queued": 0, "reconnects": 0}
-    done = asyncio.get_running_loop().create_future()
-
-    def send(conn: _Connection, when: float) -> None:
-        lags.append(time.perf_counter() - when)
-        conn.send(request, when)
-
-    async def free_connection() -> _Connection | None:
-        while idle:
-            conn = idle.pop()
-            if conn.open:
-                return conn
-        if sum(c.open for c in pool) < spec["connections"]:
-            pool[:] = [c for c in pool if c.open]
-            pool.append(await _connect(spec["port"], on_response))
-            state["reconnects"] += 1
-            return pool[-1]
-        return None
-
-    def on_response(conn: _Connection, status: int, now: float) -> None:
-        latencies.append(now - conn.scheduled_at)
-        service.append(now - conn.sent_at)
-        statuses[status] += 1
-        state["pending"] -= 1
-        if status and backlog:
-            send(conn, backlog.popleft())
-        elif status:
-            idle.append(conn)
-        if not state["sending"] and state["pending"] == 0 and not done.done():
-            done.set_result(None)
-
-    pool = [await _connect(spec["port"], on_response) for _ in range(spec["connections"])]
-    idle.extend(pool)
-    period = 1.0 / spec["rate"]
-    total = round(spec["rate"] * spec["seconds"])
-    start = time.perf_counter() + 0.05
-    for index in range(total):
-        when = start + index * period
-        delay = when - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        state["pending"] += 1
-        conn = await free_connection()
-        if conn is not None:
-            send(conn, when)
-        else:
-            backlog.append(when)
-            state["queued"] += 1
-    state["sending"] = False
-    if state["pending"]:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done, timeout=max(30.0, spec["seconds"]))
-    return {
-        "latencies_s": latencies,
-        "service_s": service,
-        "send_lag_s": lags,
-        "statuses": dict(statuses),
-        "unanswered": state["pending"],
-        "sent": total,
-        "queued_client_side": state["queued"],
-        "reconnects": state["reconnects"],
-    }
-
-
-async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
-    request = raw_request(spec["port"], spec["body"].encode())
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    done = asyncio.get_running_loop().create_future()
-    stopped = 0
-    started = end = 0.0
-
-    def on_response(conn: _Connection, status: int, now: float) -> None:
-        nonlocal stopped
-        if now <= end:
-            latencies.append(now - conn.sent_at)
-            statuses[status] += 1
-        if now < end and status:
-            conn.send(request, now)
-            return
-        stopped += 1
-        if stopped == spec["concurrency"] and not done.done():
-            done.set_result(None)
-
-    conns = [await _connect(spec["port"], on_response) for _ in range(spec["concurrency"])]
-    started = time.perf_counter()
-    end = started + spec["seconds"]
-    for conn in conns:
-        conn.send(request, started)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(done, timeout=spec["seconds"] + 30)
-    latencies.sort()
-    return {
-        "completed": len(latencies),
-        "elapsed_s": spec["seconds"],
-        "statuses": dict(statuses),
-        "p50_ms": 1e3 * percentile(latencies, 50),
-        "p99_ms": 1e3 * percentile(latencies, 99),
-    }
-
-
-def loadgen_main(spec: dict[str, Any]) -> None:
-    """Entry point of the load-generator process: run one phase, print its JSON result."""
-    if spec.get("cpus"):
-        os.sched_setaffinity(0, spec["cpus"])
-    phase = {"sequential": _sequential, "open": _open_loop, "closed": _closed_loop}[spec["mode"]]
-    if spec["mode"] == "open":
-        # select(2) takes microsecond timeouts; epoll and libuv round timers to milliseconds,
-        # which would make the schedule (and every latency measured from it) jitter by 1 ms.
-        loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(selectors.SelectSelector())
-    else:
-        try:
-            import uvloop
-        except ImportError:
-            loop = asyncio.new_event_loop()
-        else:
-            loop = uvloop.new_event_loop()
-    try:
-        result = loop.run_until_complete(phase(spec))
-    finally:
-        loop.close()
-    print(json.dumps(result))
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted values (NaN when empty)."""
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summarise_ms(samples_s: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    out = {f"p{q:g}_ms": 1e3 * percentile(ordered, q) for q in (50, 90, 99, 99.9)}
-    out["max_ms"] = 1e3 * ordered[-1] if ordered else float("nan")
-    out["mean_ms"] = 1e3 * sum(ordered) / len(ordered) if ordered else float("nan")
-    out["n"] = len(ordered)
-    return out
 
 
 # --------------------------------------------------------------------------- processes
@@ -516,9 +271,7 @@ class Bench:
     def _loadgen(self, target: Server, spec: dict[str, Any]) -> dict[str, Any]:
         spec = {**spec, "port": target.port, "body": request_body(target.model).decode()}
         spec["cpus"] = self.loadgen_cpus
-        argv = [sys.executable, __file__, "--loadgen", json.dumps(spec)]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=900)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return run_loadgen({**spec, "path": CHAT_PATH})
 
     def sequential(self, target: Server, requests: int) -> dict[str, Any]:
         spec = {"mode": "sequential", "requests": requests}
@@ -1013,11 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-wrk", action="store_true", help="closed loop from the python client")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--out", type=Path, help="JSON file (default results/proxy_overhead.json)")
-    parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.loadgen:
-        loadgen_main(json.loads(args.loadgen))
-        return 0
     report = run(args)
     render(report)
     write_json("proxy_overhead", report, args.out)

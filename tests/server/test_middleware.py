@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -90,3 +91,18 @@ def test_latency_histogram_and_in_flight_gauge(client: TestClient) -> None:
     assert buckets[-1].value == 1
     # The scrape itself is the one request in flight while the gauge is read.
     assert samples(client, "dtecho_http_requests_in_flight")[0].value == 1
+
+
+def test_server_timing_measures_the_time_in_the_app(client: TestClient) -> None:
+    app = client.app
+
+    @app.get("/slow")  # type: ignore[attr-defined]
+    async def slow() -> dict[str, bool]:
+        await asyncio.sleep(0.05)
+        return {"ok": True}
+
+    fast = client.get("/health/live").headers["server-timing"]
+    name, _, duration = fast.partition(";dur=")
+    assert name == "app" and float(duration) >= 0
+    slow_ms = float(client.get("/slow").headers["server-timing"].partition(";dur=")[2])
+    assert slow_ms >= 50.0  # it includes the endpoint's own time

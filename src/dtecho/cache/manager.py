@@ -183,6 +183,21 @@ class ResponseCache:
         self._stats.record_hit(tier, time.perf_counter() - started)
         return CacheHit(value, tier)
 
+    def get_local(self, key: str) -> CacheHit | None:
+        """A hit from the in-process tiers only (L1, else L2), never waiting on Redis.
+
+        For a fast path that answers before any other work: a hit counts as one, a miss
+        counts nothing (the caller goes on to a full lookup, which counts it)."""
+        self._check_key(key)
+        if not self.settings.enabled:
+            return None
+        started = time.perf_counter()
+        found = self._get_local(key)
+        if found is None:
+            return None
+        self._stats.record_hit(found[1], time.perf_counter() - started)
+        return CacheHit(found[0], found[1])
+
     async def set(
         self,
         key: str,

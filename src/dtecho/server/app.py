@@ -16,6 +16,7 @@ from dtecho.engines.registry import ModelRegistry
 from dtecho.observability.metrics import BatchMetrics, HttpMetrics
 from dtecho.server.caching import RouteCache
 from dtecho.server.errors import install_error_handlers
+from dtecho.server.fast_path import CacheFastPath
 from dtecho.server.middleware import ServingMiddleware
 from dtecho.server.routes import cache, dtesn, dtesn_models, health, openai, pages
 from dtecho.server.state import ServerState
@@ -128,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dtesn_models.router)
     app.include_router(cache.router)
     app.include_router(pages.router)
+    # Inside the serving middleware, so fast answers get ids, headers, metrics and logs too.
+    app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=state.cache.aliases)
     app.add_middleware(
         ServingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_request_bytes
     )

@@ -29,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from dtecho import __version__
 from dtecho.cache import ResponseCache, ResultTier, cache_key, canonical_json
 from dtecho.config import Settings
+from dtecho.server.fast_path import AliasKind, RequestAliases
 from dtecho.server.sse import SSE_DONE, SSE_HEADERS
 
 __all__ = [
@@ -73,6 +74,7 @@ class RouteCache:
 
     def __init__(self, cache: ResponseCache, settings: Settings) -> None:
         self.cache = cache
+        self.aliases = RequestAliases(settings.cache.max_memory_entries)
         self._versions = {spec.name: _fingerprint(spec) for spec in settings.models}
 
     @property
@@ -94,6 +96,13 @@ class RouteCache:
             return False
         return default if enable_caching is None else enable_caching
 
+    def _alias(self, request: Request | None, key: str, kind: AliasKind) -> None:
+        """Let the fast path answer these exact request bytes with ``key`` from now on."""
+        if request is not None:
+            digest = request.scope.get("state", {}).get("request_digest")
+            if digest is not None:
+                self.aliases.remember(digest, key, kind)
+
     async def json(
         self,
         key: str | None,
@@ -101,9 +110,12 @@ class RouteCache:
         *,
         tags: Sequence[str] = (),
         model: str | None = None,
+        request: Request | None = None,
     ) -> tuple[bytes, XCache]:
         """The JSON bytes of ``await compute()``, from the cache when possible, and where
-        they came from (the ``X-Cache`` value). ``key=None`` bypasses the cache."""
+        they came from (the ``X-Cache`` value). ``key=None`` bypasses the cache. With
+        ``request``, whose bytes alone decide ``key``, the fast path may answer the same
+        bytes later (:mod:`dtecho.server.fast_path`)."""
 
         async def encoded() -> bytes:
             return encode_json(await compute())
@@ -112,6 +124,8 @@ class RouteCache:
             self.cache.note_bypass()
             return await encoded(), "BYPASS"
         value, tier = await self.cache.get_or_compute(key, encoded, tags=tags, model=model)
+        if tier != "BYPASS":
+            self._alias(request, key, "json")
         return value, _LABELS[tier]
 
     async def response(
@@ -122,12 +136,13 @@ class RouteCache:
         stream: bool,
         tags: Sequence[str] = (),
         model: str | None = None,
+        request: Request | None = None,
     ) -> Response:
         """The response ``serve()`` gives, from the cache when possible, with ``X-Cache``.
 
         Only 200 answers are stored: a JSON body as is, a stream as its frames once it has
         ended with ``[DONE]`` (a stream the client abandons is not stored). ``key=None``
-        bypasses the cache."""
+        bypasses the cache; ``request`` as for :meth:`json`."""
         if key is None or not self.enabled:
             self.cache.note_bypass()
             return _labelled(await serve(), "BYPASS")
@@ -144,6 +159,7 @@ class RouteCache:
             value, tier = await self.cache.get_or_compute(key, capture, tags=tags, model=model)
         except _Uncacheable as exc:
             return _labelled(exc.response, "MISS")
+        self._alias(request, key, "response")
         headers = {CACHE_HEADER: _LABELS[tier]}
         return Response(value["body"], media_type=value["media_type"], headers=headers)
 

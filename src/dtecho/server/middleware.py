@@ -59,7 +59,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class ServingMiddleware:
-    """Request id, body limit, security headers, 500 fallback, metrics and access log."""
+    """Request id, body limit, security headers, ``Server-Timing``, 500 fallback, metrics and
+    access log."""
 
     def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, max_body_bytes: int) -> None:
         self.app = app
@@ -83,7 +84,11 @@ class ServingMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", ()), *extra_headers]
+                # Server-Timing (W3C): time in the app until the response starts, so a client
+                # can tell server time from network and queueing time.
+                elapsed_ms = (time.perf_counter() - started_at) * 1000.0
+                timing = (b"server-timing", b"app;dur=%.3f" % elapsed_ms)
+                message["headers"] = [*message.get("headers", ()), *extra_headers, timing]
             await send(message)
 
         limit = self.max_body_bytes

@@ -29,7 +29,11 @@ async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, XCach
         version = state.cache.model_version(DTESN_MODEL)
         key = state.cache.key("/v1/dtesn/process", DTESN_MODEL, version, params)
     return await state.cache.json(
-        key, lambda: state.dtesn.process(body), tags=body.invalidation_tags, model=DTESN_MODEL
+        key,
+        lambda: state.dtesn.process(body),
+        tags=body.invalidation_tags,
+        model=DTESN_MODEL,
+        request=request,
     )
 
 
@@ -68,6 +72,7 @@ async def batch(body: BatchRequest, request: Request) -> Response:
         lambda: state.dtesn.batch(body.inputs, options),
         tags=body.invalidation_tags,
         model=DTESN_MODEL,
+        request=request,
     )
     return Response(encoded, media_type="application/json", headers={CACHE_HEADER: tier})
 

@@ -93,6 +93,7 @@ async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Respon
         stream=bool(getattr(body, "stream", False)),
         tags=body.invalidation_tags,
         model=body.model,
+        request=request,
     )
 
 
