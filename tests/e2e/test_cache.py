@@ -90,6 +90,42 @@ def test_opting_out_bypasses_reading_and_writing(server: ServerProcess) -> None:
     assert process(server, body, **{"cache-control": "no-store"}).headers["x-cache"] == "BYPASS"
     assert process(server, body).headers["x-cache"] == "MISS"  # nothing was stored before
     assert process(server, body).headers["x-cache"] == "HIT-L1"
+    # Once stored, opting out still bypasses it, whichever path the request takes.
+    assert process(server, body, **{"cache-control": "no-store"}).headers["x-cache"] == "BYPASS"
+    assert process(server, {**body, "enable_caching": False}).headers["x-cache"] == "BYPASS"
+
+
+def test_requests_that_mean_the_same_share_an_entry(server: ServerProcess) -> None:
+    text = unique_text()
+    first = process(server, {"input": text, "esn_size": 64, "membrane_depth": 2})
+    reordered = json.dumps({"membrane_depth": 2, "seed": 0, "esn_size": 64, "input": text})
+    response = httpx.post(
+        f"{server.base_url}/v1/dtesn/process",
+        content=reordered.replace(",", " ,  "),
+        headers={"content-type": "application/json"},
+    )
+    assert response.headers["x-cache"] == "HIT-L1" and response.content == first.content
+
+
+def test_hits_answered_before_routing_are_still_served_properly(server: ServerProcess) -> None:
+    body = {"input": unique_text(), "esn_size": 64, "membrane_depth": 2}
+    first = process(server, body, **{"x-request-id": "first-1"})
+    hit = process(server, body, **{"x-request-id": "hit-1"})
+    assert hit.headers["x-cache"] == "HIT-L1" and hit.content == first.content
+    assert hit.headers["x-request-id"] == "hit-1"  # the serving middleware still wraps it
+    assert hit.headers["x-content-type-options"] == "nosniff"
+    assert hit.headers["content-type"] == first.headers["content-type"]
+    assert hit.headers["vary"] == "Accept" and hit.headers["server-timing"].startswith("app;dur=")
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    counted = [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "dtecho_http_requests_total"
+        and sample.labels["route"] == "/v1/dtesn/process"
+        and sample.labels["status"] == "200"
+    ]
+    assert len(counted) == 1 and counted[0].value >= 2
 
 
 def test_tag_and_model_invalidation(server: ServerProcess) -> None:
