@@ -101,6 +101,17 @@ def test_chunked_body_over_limit_is_413(client: TestClient) -> None:
     assert_openai_error(response, 413, "invalid_request_error", "request_too_large")
 
 
+@pytest.mark.parametrize("path", ["/v1/dtesn/process", "/v1/chat/completions"])
+def test_chunked_body_over_limit_is_413_on_cached_routes(client: TestClient, path: str) -> None:
+    # These routes' bodies are read before routing (the cache's fast path): same answer.
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            yield b"y" * 512
+
+    response = client.post(path, content=chunks(), headers={"content-type": "application/json"})
+    assert_openai_error(response, 413, "invalid_request_error", "request_too_large")
+
+
 def test_body_exactly_at_limit_is_accepted(client: TestClient) -> None:
     head, tail = '{"model": "m", "messages": [], "padding": "', '"}'
     payload = head + "a" * (SMALL_LIMIT - len(head) - len(tail)) + tail

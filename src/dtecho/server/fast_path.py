@@ -108,13 +108,17 @@ class CacheFastPath:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before sending it all
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client left before sending it all
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except Exception as exc:  # e.g. the body limit: the app answers it as it always does
+            await self.app(scope, _raising(exc), send)
+            return
         body = b"".join(chunks)
         digest = request_digest(scope["method"], scope["path"], body)
         scope.setdefault("state", {})["request_digest"] = digest
@@ -151,3 +155,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _raising(exc: Exception) -> Receive:
+    """A ``receive`` that raises what reading the body raised, inside the app's handlers."""
+
+    async def receive() -> Message:
+        raise exc
+
+    return receive
