@@ -3,6 +3,7 @@ server processes sharing a real Redis, and no failed request when that Redis die
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -413,3 +414,25 @@ def test_killing_redis_fails_no_request(server_factory) -> None:
         assert "HIT-L1" in tiers[dead_at:]  # answered from memory while Redis was down
     finally:
         store.kill()
+
+
+def test_concurrent_identical_misses_are_computed_once(server: ServerProcess) -> None:
+
+    body = {"input": unique_text() * 20, "esn_size": 256, "membrane_depth": 2}
+    before = metrics(server)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/dtesn/process", json=body) for _ in range(8))
+            )
+
+    responses = asyncio.run(burst())
+    after = metrics(server)
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert after["computations"] - before["computations"] == 1
+    # The others waited on that computation (or, arriving after it, hit L1).
+    waited = after["coalesced"] - before["coalesced"]
+    hits = after["hits"]["L1"] - before["hits"]["L1"]
+    assert waited + hits == 7
