@@ -21,11 +21,11 @@ $(RUNTIME_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,fast]'
 	touch $@ $(RUNTIME_STAMP)
 
 $(BENCH_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,fast,bench]'
 	touch $@ $(DEV_STAMP) $(RUNTIME_STAMP)
 
 ## serve: install the project into .venv and run the server on 127.0.0.1:8000

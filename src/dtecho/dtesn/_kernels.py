@@ -11,10 +11,14 @@ by a few ulp (~1e-15 for states of size 1).
   * ``euler_csr_batch``: B sequences; states are kept transposed, (N, B), so each nonzero
     W[i, j] updates a contiguous run of B values (row j of the states) rather than gathering
     from B rows, and four nonzeros are applied per pass over the run, so every accumulator
-    is loaded and stored once per four nonzeros.
+    is loaded and stored once per four nonzeros. Given the raw inputs (``fused``) it also
+    computes the input projection itself, in exactly the operations of
+    ``Reservoir.project``, so the (B, T, N) projections are never written and re-read; rows
+    move between the (B, ·, N) output and the transposed states in blocks of units.
 
 Both sum every row in index order starting from the projected input (as SciPy's
-csr_matvec does), so a sequence gets bit-identical states alone or in any batch.
+csr_matvec does), so a sequence gets bit-identical states alone or in any batch
+(``tests/dtesn/test_numba_backend.py``).
 
 Indices are unsigned throughout (``indptr`` uint64, ``indices`` uint32): Numba guards every
 signed index against Python's negative wrap-around, which blocks vectorisation and about
@@ -35,6 +39,7 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 split for an exact k·ln2 (Cody & W
 _LN2_LO = 1.90821492927058770002e-10
 _POW2 = np.array([2.0**k for k in range(64)])
 _EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(14))
+_BLOCK = 8  # units per block when copying between (B, ·, N) rows and (N, B) states
 
 
 def _jit(**options):
@@ -69,7 +74,7 @@ def _tanh(x):  # pragma: no cover - compiled
     e *= _POW2[np.uint64(kf)]
     big = math.copysign(1.0 - 2.0 / (e + 1.0), x)
     out = small if a < 0.625 else big
-    return out if x == x else x  # NaN stays NaN
+    return out if x == x and x != 0.0 else x  # NaN stays NaN; ±0 keeps its sign
 
 
 @_jit(inline="always")
@@ -146,13 +151,26 @@ def euler_csr_single(indptr, indices, data, P, x0, a, tanh, leaky, n_steps):  # 
 
 
 @_jit()
-def euler_csr_batch(indptr, indices, data, P, x0, a, tanh, leaky, active):  # pragma: no cover
-    """In place, for B sequences: P[b, t] holds p and becomes the state x_t of sequence b
-    (as in ``euler_csr_single``), from x0[b]. At step t only sequences b < active[t] advance
-    (lengths sorted non-increasing); rows of finished sequences are left untouched."""
+def euler_csr_batch(  # pragma: no cover - compiled
+    indptr, indices, data, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
+):
+    """In place, for B sequences: P[b, t] becomes the state x_t of sequence b (as in
+    ``euler_csr_single``), from x0[b]. At step t only sequences b < active[t] advance
+    (lengths sorted non-increasing); rows of finished sequences are left untouched.
+
+    Not ``fused``: P[b, t] holds the projected input p on entry. ``fused``: P's contents are
+    ignored and p = U[b, t] W_inᵀ + b is computed here, column by column in exactly the
+    operations of ``Reservoir.project`` (u₀w₀, then + u_j w_j for j = 1 …, then + bias when
+    ``has_bias``), so the states are bit-identical to projecting first; this saves writing
+    and re-reading the (B, T, N) projections. U (B, T, d), WinT (d, N), bias (N,).
+
+    Rows of P are copied to and from the transposed states in blocks of ``_BLOCK`` units,
+    so that both sides of the transpose touch whole cache lines."""
     B, T, N = P.shape
+    d = U.shape[2]
     xT = np.empty((N, B), P.dtype)  # states, transposed
     zT = np.empty((N, B), P.dtype)
+    ut = np.empty((d, B), P.dtype)
     for b in range(B):
         for i in range(N):
             xT[i, b] = x0[b, i]
@@ -162,10 +180,32 @@ def euler_csr_batch(indptr, indices, data, P, x0, a, tanh, leaky, active):  # pr
         k = active[t]
         if k == 0:
             break
-        for b in range(k):
-            p = P[b, t]
+        if fused:
+            for j in range(d):
+                for c in range(k):
+                    ut[j, c] = U[c, t, j]
             for i in range(N):
-                zT[i, b] = p[i]
+                z = zT[i]
+                w0 = WinT[0, i]
+                u0 = ut[0]
+                for c in range(k):
+                    z[c] = u0[c] * w0
+                for j in range(1, d):
+                    wj = WinT[j, i]
+                    uj = ut[j]
+                    for c in range(k):
+                        z[c] = z[c] + uj[c] * wj
+                if has_bias:
+                    bi = bias[i]
+                    for c in range(k):
+                        z[c] = z[c] + bi
+        else:
+            for i0 in range(0, N, _BLOCK):
+                i1 = min(N, i0 + _BLOCK)
+                for b in range(k):
+                    p = P[b, t]
+                    for i in range(i0, i1):
+                        zT[i, b] = p[i]
         for i in range(N):  # zT[:, :k] += W xT[:, :k], four nonzeros per pass
             z = zT[i]
             j = np.uint64(indptr[i])
@@ -188,20 +228,22 @@ def euler_csr_batch(indptr, indices, data, P, x0, a, tanh, leaky, active):  # pr
                 for c in range(k):
                     z[c] += v0 * r0[c]
                 j += one
-        for i in range(N):
-            z = zT[i]
-            x = xT[i]
-            if tanh:
-                for c in range(k):
-                    z[c] = _tanh(z[c])
-            if leaky:
-                ai = a[i]
-                for c in range(k):
-                    x[c] += ai * (z[c] - x[c])
-            else:
-                for c in range(k):
-                    x[c] = z[c]
-        for b in range(k):
-            p = P[b, t]
-            for i in range(N):
-                p[i] = xT[i, b]
+        for i0 in range(0, N, _BLOCK):
+            i1 = min(N, i0 + _BLOCK)
+            for i in range(i0, i1):
+                z = zT[i]
+                x = xT[i]
+                if tanh:
+                    for c in range(k):
+                        z[c] = _tanh(z[c])
+                if leaky:
+                    ai = a[i]
+                    for c in range(k):
+                        x[c] += ai * (z[c] - x[c])
+                else:
+                    for c in range(k):
+                        x[c] = z[c]
+            for b in range(k):
+                p = P[b, t]
+                for i in range(i0, i1):
+                    p[i] = xT[i, b]

@@ -51,6 +51,7 @@ def _numba_kernels() -> ModuleType | None:
 
 _DENSE_EIG_MAX = 128  # LAPACK eigvals below this size; ARPACK above (much faster at N ≥ 300)
 _DENSE_MAX_BYTES = 512 * 2**20  # never materialise a dense W larger than this
+_EXACT_PROJECT_MAX_D = 16  # inputs this narrow are projected column by column (see project)
 
 
 def spectral_radius(W: np.ndarray | sps.sparray) -> float:
@@ -316,8 +317,20 @@ class Reservoir:
         # One 2-D product over all B·T rows (numpy's stacked matmul loops over B). The output
         # pages are first touched by one thread: page faults taken inside a multithreaded
         # GEMM were measured 5-10× slower than the product itself.
-        if d == 1:
-            np.multiply(U.reshape(B * T, 1), WT[0], out=P)
+        if d <= _EXACT_PROJECT_MAX_D:
+            # Column by column, in a fixed order: every row is computed by exactly the same
+            # operations whatever B·T is, so a sequence's projection (and hence its states)
+            # is bit-identical alone and in a batch. A BLAS product does not promise that:
+            # NumPy hands a single row to gemv, which rounds differently from gemm.
+            flat = U.reshape(B * T, d)
+            np.multiply(flat[:, :1], WT[0], out=P)
+            rows = max(1, 2**20 // max(1, self.units))  # ~8 MB of scratch at a time
+            tmp = np.empty((min(rows, B * T), self.units), self.dtype) if d > 1 else None
+            for r0 in range(0, B * T, rows) if d > 1 else ():
+                out, t = P[r0 : r0 + rows], tmp[: min(rows, B * T - r0)]
+                for j in range(1, d):
+                    np.multiply(flat[r0 : r0 + rows, j : j + 1], WT[j], out=t)
+                    out += t
         else:
             P.reshape(-1)[:: max(1, 4096 // P.itemsize)] = 0
             np.matmul(U.reshape(B * T, d), WT, out=P)
@@ -338,14 +351,7 @@ class Reservoir:
         B, T, N = P.shape
         if P.dtype != self.dtype or self.units != N:
             raise ValueError(f"projected inputs must be (B, T, {self.units}) {self.dtype}")
-        x = np.zeros((B, N), self.dtype) if x0 is None else np.array(x0, self.dtype)
-        if lengths is None:
-            active = [B] * T
-        else:
-            lengths = np.asarray(lengths)
-            if np.any(np.diff(lengths) > 0):
-                raise ValueError("lengths must be sorted in non-increasing order")
-            active = [int(np.count_nonzero(lengths > t)) for t in range(T)]
+        x, active = self._start(B, T, x0, lengths)
         compiled = self._compiled()
         dense = self._use_dense(B, compiled)
         if compiled and not dense:
@@ -381,8 +387,21 @@ class Reservoir:
             self._loop_rk(P, x, active, affine, a, tanh)
         return P
 
-    def _run_compiled(self, P: np.ndarray, x: np.ndarray, active: list[int]) -> None:
-        """The Euler loop over CSR W in the Numba kernels (see ``_kernels``), in place in P."""
+    def _start(self, B: int, T: int, x0, lengths) -> tuple[np.ndarray, list[int]]:
+        """The initial states (B, N) and the number of active sequences at each step."""
+        x = np.zeros((B, self.units), self.dtype) if x0 is None else np.array(x0, self.dtype)
+        if lengths is None:
+            return x, [B] * T
+        lengths = np.asarray(lengths)
+        if np.any(np.diff(lengths) > 0):
+            raise ValueError("lengths must be sorted in non-increasing order")
+        return x, [int(np.count_nonzero(lengths > t)) for t in range(T)]
+
+    def _run_compiled(
+        self, P: np.ndarray, x: np.ndarray, active: list[int], U: np.ndarray | None = None
+    ) -> None:
+        """The Euler loop over CSR W in the Numba kernels (see ``_kernels``), in place in P.
+        With ``U`` (batches only) P's contents are ignored and the kernel projects U itself."""
         kernels = _numba_kernels()
         ip, ix, data = self._csr_unsigned()
         a = self.leak.astype(self.dtype)
@@ -393,9 +412,17 @@ class Reservoir:
             kernels.euler_csr_single(ip, ix, data, P[0], x[0], a, tanh, leaky, steps)
             return
         steps = np.asarray(active, dtype=np.int64)
+        fused = U is not None
+        if fused:
+            U = np.ascontiguousarray(U, dtype=self.dtype)
+            WinT = np.ascontiguousarray(self.W_in.T, dtype=self.dtype)
+            bias = self.bias.astype(self.dtype)
+        else:  # placeholders of the same types, so that one compiled version serves both
+            U, WinT, bias = np.zeros((P.shape[0], 1, 1), P.dtype), np.zeros((1, 1), P.dtype), a
+        inputs = (WinT, bias, fused, bool(self.bias.any()))
         parts = min(self.n_jobs, P.shape[0] // 8)
         if parts <= 1:
-            kernels.euler_csr_batch(ip, ix, data, P, x, a, tanh, leaky, steps)
+            kernels.euler_csr_batch(ip, ix, data, P, x, a, tanh, leaky, steps, U, *inputs)
             return
         # Sequences are independent: each thread runs the kernel (which releases the GIL) on
         # a contiguous share of them, so the arithmetic per sequence is unchanged.
@@ -403,7 +430,9 @@ class Reservoir:
 
         def share(lo: int, hi: int) -> None:
             mine = np.clip(steps - lo, 0, hi - lo)
-            kernels.euler_csr_batch(ip, ix, data, P[lo:hi], x[lo:hi], a, tanh, leaky, mine)
+            kernels.euler_csr_batch(
+                ip, ix, data, P[lo:hi], x[lo:hi], a, tanh, leaky, mine, U[lo:hi], *inputs
+            )
 
         with ThreadPoolExecutor(parts) as pool:
             for done in [pool.submit(share, lo, hi) for lo, hi in itertools.pairwise(edges)]:
@@ -465,7 +494,24 @@ class Reservoir:
     def run(
         self, U: np.ndarray, x0: np.ndarray | None = None, lengths: np.ndarray | None = None
     ) -> np.ndarray:
-        """States (B, T, N) for inputs U (B, T, d_in); see ``run_projected``."""
+        """States (B, T, N) for inputs U (B, T, d_in); see ``run_projected`` (rows past the
+        end of a shorter sequence hold no state: its projected inputs, or zeros)."""
+        U = np.asarray(U)
+        B, T, d = U.shape
+        if (
+            B > 1
+            and d <= _EXACT_PROJECT_MAX_D
+            and self._compiled()
+            and not self._use_dense(B, True)
+        ):
+            # The batched kernel projects the inputs itself, exactly as ``project`` would.
+            x, active = self._start(B, T, x0, lengths)
+            S = np.empty((B, T, self.units), self.dtype)
+            self._run_compiled(S, x, active, U)
+            if lengths is not None:
+                for b, L in enumerate(np.asarray(lengths)):
+                    S[b, L:] = 0
+            return S
         return self.run_projected(self.project(U), x0, lengths)
 
     def esp_check(self, n_steps: int = 1000, *, seed: int = 0, tol: float = 1e-6) -> ESPReport:
