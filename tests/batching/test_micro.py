@@ -149,3 +149,23 @@ async def test_batch_size_adapts_to_the_latency_target() -> None:
     before = strict.limit("k")
     await asyncio.gather(*(strict.submit("k", i) for i in range(8)))
     assert strict.limit("k") < before
+
+
+async def test_parallel_batches_of_one_key_run_at_once() -> None:
+    gate, started = threading.Event(), threading.Semaphore(0)
+
+    def blocking(key, items):
+        started.release()
+        gate.wait(5)
+        return items
+
+    batcher = MicroBatcher(blocking, max_batch_size=4, max_wait_ms=0, parallel=2)
+    first = asyncio.create_task(batcher.submit("k", 1))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.submit("k", 2))  # a second dispatcher, not a wait
+    assert await asyncio.to_thread(started.acquire, True, 2)
+    assert await asyncio.to_thread(started.acquire, True, 2)
+    gate.set()
+    assert await asyncio.gather(first, second) == [1, 2]
+    with pytest.raises(ValueError):
+        MicroBatcher(blocking, parallel=0)

@@ -6,8 +6,10 @@ never waits. While a batch runs, newcomers queue up and become the next batch, s
 grow exactly as fast as load does. When requests arrive faster than one per ``max_wait``, the
 dispatcher may also hold a batch open for at most ``max_wait`` to fill it.
 
-The batch size limit adapts (additive increase, multiplicative decrease) so that a batch's
-run time stays near ``target_latency``. The queue is bounded across keys: beyond
+Up to ``parallel`` batches of one key may run at once (in worker threads): with a kernel
+that releases the GIL, a second batch then uses a second core instead of waiting. The batch
+size limit adapts (additive increase, multiplicative decrease) so that a batch's run time
+stays near ``target_latency``. The queue is bounded across keys: beyond
 ``queue_size`` waiting requests a submit fails at once with
 :class:`~dtecho.errors.Overloaded` (503 + ``retry-after``). A caller that goes away (its task
 is cancelled) is removed from the queue and never computed.
@@ -16,6 +18,7 @@ is cancelled) is removed from the queue and never computed.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -24,13 +27,19 @@ from typing import Any, Generic, TypeVar
 
 from dtecho.errors import Overloaded
 
-__all__ = ["BatchObserver", "MicroBatcher"]
+__all__ = ["BatchObserver", "MicroBatcher", "usable_cpus"]
 
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741 - the conventional name for an item type
 R = TypeVar("R")
 
 RunBatch = Callable[[K, list[I]], Sequence["R | BaseException"]]
+
+
+def usable_cpus(cap: int = 4) -> int:
+    """CPUs this process may run on (at most ``cap``): a default for ``parallel``."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cap, count or 1))
 
 
 class BatchObserver:
@@ -53,7 +62,7 @@ class _Entry(Generic[I]):
 @dataclass
 class _Lane(Generic[I]):
     pending: deque[_Entry[I]] = field(default_factory=deque)
-    running: bool = False
+    running: int = 0  # dispatchers (each running at most one batch at a time)
     last_arrival: float = 0.0
     interarrival: float = float("inf")  # EWMA of seconds between arrivals; none seen yet
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,9 +84,13 @@ class MicroBatcher(Generic[K, I, R]):
         queue_size: int = 1024,
         target_latency_ms: float = 50.0,
         observer: BatchObserver | None = None,
+        parallel: int = 1,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
+        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or parallel < 1:
+            raise ValueError(
+                "max_batch_size, queue_size and parallel must be >= 1, max_wait_ms >= 0"
+            )
+        self.parallel = parallel
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -119,8 +132,8 @@ class MicroBatcher(Generic[K, I, R]):
         lane.pending.append(entry)
         self._depth += 1
         self.observer.queued(self._depth)
-        if not lane.running:
-            lane.running = True
+        if lane.running < self.parallel:
+            lane.running += 1
             task = asyncio.create_task(self._dispatch(key, lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -147,8 +160,8 @@ class MicroBatcher(Generic[K, I, R]):
                 if batch:
                     await self._run(key, batch)
         finally:
-            lane.running = False
-            if not lane.pending:
+            lane.running -= 1
+            if not lane.running and not lane.pending:
                 self._lanes.pop(key, None)
 
     async def _maybe_wait(self, key: K, lane: _Lane[I]) -> None:

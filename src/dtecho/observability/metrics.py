@@ -93,7 +93,8 @@ class _ScrapedCounters:
 
 
 class BatchMetrics:
-    """Batch sizes, queue depth and queue wait of a micro-batcher (a ``BatchObserver``)."""
+    """Batch sizes, run times, queue depth and queue wait of a micro-batcher
+    (a ``BatchObserver``)."""
 
     def __init__(self, registry: CollectorRegistry, operation: str) -> None:
         self.operation = operation
@@ -114,9 +115,16 @@ class BatchMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.seconds = Histogram(
+            f"dtecho_{operation}_batch_seconds",
+            f"Run time of executed {operation} batches.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
 
     def batch(self, key: object, size: int, seconds: float) -> None:
         self.sizes.observe(size)
+        self.seconds.observe(seconds)
 
     def queued(self, depth: int) -> None:
         self.depth.set(depth)

@@ -84,9 +84,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dtesn=DtesnService(
             settings.dtesn, settings.batching, BatchMetrics(metrics.registry, "dtesn")
         ),
-        dtesn_models=ModelService(settings.data_dir),
+        dtesn_models=ModelService(
+            settings.data_dir,
+            settings.batching,
+            BatchMetrics(metrics.registry, "dtesn_predict"),
+        ),
         cache=RouteCache(_response_cache(settings), settings),
     )
+    embedding_batches = BatchMetrics(metrics.registry, "embedding")
+    for engine in state.models.engines().values():
+        if hasattr(engine, "observe_batches"):  # engines that batch embedding requests
+            engine.observe_batches(embedding_batches)
     state.metrics.watch_counters(
         "dtecho_engine_generations",
         "Generations by model and outcome (started, completed, cancelled).",

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dtecho.batching.micro import BatchObserver, MicroBatcher
+from dtecho.batching.micro import BatchObserver, MicroBatcher, usable_cpus
 from dtecho.config import BatchingSettings, DtesnSettings
 from dtecho.dtesn import trees
 from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
@@ -60,6 +60,7 @@ class DtesnService:
                 queue_size=batching.queue_size,
                 target_latency_ms=batching.target_latency_ms,
                 observer=observer,
+                parallel=usable_cpus(),  # one batch computing per core (the kernel frees the GIL)
             )
 
     def _run_batch(self, key: tuple[NetworkConfig, int], items: list[Any]) -> list[ProcessResult]:

@@ -1,0 +1,287 @@
+"""Micro-batching on and off: ``/v1/dtesn/process`` served by a real ``dtecho serve`` worker.
+
+For each setting (``DTECHO_BATCHING_ENABLED`` true, then false) one ``python -m dtecho serve``
+process (one worker) is started, warmed up, and loaded from a separate process (this script
+with ``--load``: raw HTTP/1.1 over keep-alive connections, responses parsed by httptools, so
+the client costs a few microseconds per request). At each concurrency level (1, 8, 64) a
+fixed number of requests is sent in a closed loop: N connections, each sending its next
+request as soon as its answer is complete. Every request carries its own 256-byte input
+(``esn_size`` 512, depth 4, the response cache bypassed), so nothing is a cache hit.
+
+    .venv/bin/python benchmarks/batching.py [--quick]
+
+The two settings are measured in alternating order for ``--rounds`` rounds (3; 1 with
+``--quick``) and each figure is the median over rounds. Reports requests/s and p50/p99
+latency per level, on vs off and the ratio, checks the targets
+(≥ 5× requests/s at concurrency 64 with batching on; p50 at concurrency 1 within 10 % of
+off), writes ``benchmarks/results/batching.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _common import machine_info, print_table, write_json
+
+PATH = "/v1/dtesn/process"
+LEVELS = (1, 8, 64)
+INPUT_BYTES = 256
+ESN_SIZE = 512
+TARGETS = {"rps_ratio_at_64": 5.0, "p50_ratio_at_1": 1.10}
+
+
+def bodies(count: int, seed: int, size: int = INPUT_BYTES, esn_size: int = ESN_SIZE) -> list[bytes]:
+    """``count`` distinct request bodies, each with its own ``size``-byte ASCII input."""
+    rng = random.Random(seed)
+    alphabet = string.ascii_letters + string.digits + " .,"
+    out = []
+    for _ in range(count):
+        text = "".join(rng.choice(alphabet) for _ in range(size))
+        body = {"input": text, "esn_size": esn_size, "enable_caching": False}
+        out.append(json.dumps(body).encode())
+    return out
+
+
+# --------------------------------------------------------------------------- load process
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection with one request in flight."""
+
+    def __init__(self, done: asyncio.Queue[tuple[_Client, int, float]]) -> None:
+        import httptools
+
+        self.parser = httptools.HttpResponseParser(self)
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.sent_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.done.put_nowait((self, self.parser.get_status_code(), time.perf_counter()))
+
+    def send(self, request: bytes) -> None:
+        assert self.transport is not None
+        self.sent_at = time.perf_counter()
+        self.transport.write(request)
+
+
+async def _closed_loop(port: int, concurrency: int, requests: list[bytes]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Queue[tuple[_Client, int, float]] = asyncio.Queue()
+    clients = []
+    for _ in range(concurrency):
+        _, client = await loop.create_connection(lambda: _Client(done), "127.0.0.1", port)
+        clients.append(client)
+    pending = list(reversed(requests))
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    started = time.perf_counter()
+    for client in clients[: len(pending)]:
+        client.send(pending.pop())
+    in_flight = min(concurrency, len(requests))
+    while in_flight:
+        client, status, now = await done.get()
+        latencies.append(now - client.sent_at)
+        statuses[status] = statuses.get(status, 0) + 1
+        if pending:
+            client.send(pending.pop())
+        else:
+            in_flight -= 1
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        assert client.transport is not None
+        client.transport.close()
+    return {"latencies_s": latencies, "statuses": statuses, "elapsed_s": elapsed}
+
+
+def load_main(spec: dict[str, Any]) -> None:
+    port = spec["port"]
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n"
+    )
+    made = bodies(
+        spec["requests"],
+        spec["seed"],
+        spec.get("input_bytes", INPUT_BYTES),
+        spec.get("esn_size", ESN_SIZE),
+    )
+    raw = [head.format(len(b)).encode() + b for b in made]
+    result = asyncio.run(_closed_loop(port, spec["concurrency"], raw))
+    print(json.dumps(result))
+
+
+def run_load(
+    port: int, concurrency: int, requests: int, seed: int, **options: int
+) -> dict[str, Any]:
+    spec = {"port": port, "concurrency": concurrency, "requests": requests, "seed": seed}
+    spec.update(options)  # input_bytes, esn_size
+    argv = [sys.executable, __file__, "--load", json.dumps(spec)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(batching: bool, directory: Path):
+    port = free_port()
+    config = directory / f"dtecho-{batching}.yaml"
+    config.write_text(f"data_dir: {directory / 'data'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTECHO_")}
+    env["DTECHO_BATCHING_ENABLED"] = "true" if batching else "false"
+    log = (directory / f"server-{batching}.log").open("wb")
+    argv = [sys.executable, "-m", "dtecho", "serve", "--port", str(port), "--config", str(config)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def measure(batching: bool, plan: dict[int, int], directory: Path) -> list[dict[str, Any]]:
+    rows = []
+    with server(batching, directory) as port:
+        run_load(port, 8, plan["warmup"], seed=999)  # builds the network, warms caches
+        for level in LEVELS:
+            result = run_load(port, level, plan[level], seed=level)
+            lat = result["latencies_s"]
+            ok = result["statuses"].get("200", 0)
+            rows.append(
+                {
+                    "batching": "on" if batching else "off",
+                    "concurrency": level,
+                    "requests": len(lat),
+                    "ok": ok,
+                    "rps": len(lat) / result["elapsed_s"],
+                    "p50_ms": percentile(lat, 50) * 1000,
+                    "p99_ms": percentile(lat, 99) * 1000,
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="few requests per level")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
+    parser.add_argument("--rounds", type=int, default=None, help="on/off rounds (median)")
+    parser.add_argument("--load", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.load:
+        load_main(json.loads(args.load))
+        return 0
+    plan = (
+        {"warmup": 32, 1: 40, 8: 80, 64: 192}
+        if args.quick
+        else {"warmup": 128, 1: 300, 8: 800, 64: 1920}
+    )
+    rounds = args.rounds or (1 if args.quick else 3)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(rounds):  # alternate the order: drift on a shared machine
+            for batching in (True, False) if index % 2 == 0 else (False, True):
+                for row in measure(batching, plan, Path(tmp)):
+                    rows.append({"round": index, **row})
+
+    def median_row(setting: str, level: int) -> dict[str, float]:
+        picked = [r for r in rows if r["batching"] == setting and r["concurrency"] == level]
+        return {k: statistics.median(r[k] for r in picked) for k in ("rps", "p50_ms", "p99_ms")}
+
+    summary = []
+    for level in LEVELS:
+        on, off = median_row("on", level), median_row("off", level)
+        summary.append(
+            {
+                "concurrency": level,
+                "rps_on": on["rps"],
+                "rps_off": off["rps"],
+                "rps_ratio": on["rps"] / off["rps"],
+                "p50_on_ms": on["p50_ms"],
+                "p50_off_ms": off["p50_ms"],
+                "p99_on_ms": on["p99_ms"],
+                "p99_off_ms": off["p99_ms"],
+            }
+        )
+    s = {r["concurrency"]: r for r in summary}
+    checks = {
+        "rps_ratio_at_64": s[64]["rps_ratio"],
+        "rps_ratio_at_64_met": s[64]["rps_ratio"] >= TARGETS["rps_ratio_at_64"],
+        "p50_ratio_at_1": s[1]["p50_on_ms"] / s[1]["p50_off_ms"],
+        "p50_ratio_at_1_met": s[1]["p50_on_ms"] / s[1]["p50_off_ms"] <= TARGETS["p50_ratio_at_1"],
+    }
+    columns = ["concurrency", "rps_on", "rps_off", "rps_ratio"]
+    columns += ["p50_on_ms", "p50_off_ms", "p99_on_ms", "p99_off_ms"]
+    print_table(summary, columns, title=f"{PATH}, esn_size {ESN_SIZE}, {INPUT_BYTES}-byte inputs")
+    print_table([checks], list(checks), title="targets: ≥5× req/s at 64; p50 at 1 within 10 %")
+    write_json(
+        "batching",
+        {
+            "quick": args.quick,
+            "plan": {str(k): v for k, v in plan.items()},
+            "rounds": rounds,
+            "rows": rows,
+            "summary": summary,
+            "targets": TARGETS,
+            "checks": checks,
+            "machine": machine_info(int(os.environ.get("OPENBLAS_NUM_THREADS", "0") or 0)),
+        },
+        args.out,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
