@@ -54,6 +54,30 @@ def test_file_then_seed_names_then_dtecho_env(tmp_path: Path, monkeypatch) -> No
     assert load_settings(path, port=9003).port == 9003  # command-line overrides win
 
 
+def test_every_flat_environment_name_reaches_its_setting(monkeypatch) -> None:
+    names = {
+        "DTESN_CACHE_ENABLED": ("false", ("cache", "enabled"), False),
+        "DTESN_CACHE_STRATEGY": ("dynamic", ("cache", "strategy"), "dynamic"),
+        "DTESN_CACHE_MAX_MEMORY_ENTRIES": ("11", ("cache", "max_memory_entries"), 11),
+        "DTESN_CACHE_MAX_COMPRESSED_ENTRIES": ("12", ("cache", "max_compressed_entries"), 12),
+        "DTESN_CACHE_DEFAULT_TTL_SECONDS": ("13.5", ("cache", "default_ttl_seconds"), 13.5),
+        "DTESN_CACHE_REDIS_URL": ("redis://r:1/2", ("cache", "redis_url"), "redis://r:1/2"),
+        "DTESN_CACHE_COMPRESSION_ENABLED": ("false", ("cache", "compression_enabled"), False),
+        "DTESN_CACHE_COMPRESSION_THRESHOLD": ("14", ("cache", "compression_threshold"), 14),
+        "DTECHO_CACHE_NAMESPACE": ("tenant-a", ("cache", "namespace"), "tenant-a"),
+        "DTECHO_BATCHING_ENABLED": ("false", ("batching", "enabled"), False),
+        "DTECHO_BATCHING_MAX_SIZE": ("15", ("batching", "max_size"), 15),
+        "DTECHO_BATCHING_MAX_WAIT_MS": ("16", ("batching", "max_wait_ms"), 16.0),
+        "DTECHO_BATCHING_QUEUE_SIZE": ("17", ("batching", "queue_size"), 17),
+        "DTECHO_BATCHING_PARALLEL": ("3", ("batching", "parallel"), 3),
+    }
+    for name, (value, _, _) in names.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    for name, (_, (section, field), expected) in names.items():
+        assert getattr(getattr(settings, section), field) == expected, name
+
+
 def test_config_file_from_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DTECHO_CONFIG_FILE", str(write_config(tmp_path, {"workers": 3})))
     assert load_settings().workers == 3

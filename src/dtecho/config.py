@@ -57,6 +57,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "DTECHO_BATCHING_MAX_SIZE": ("batching", "max_size"),
     "DTECHO_BATCHING_MAX_WAIT_MS": ("batching", "max_wait_ms"),
     "DTECHO_BATCHING_QUEUE_SIZE": ("batching", "queue_size"),
+    "DTECHO_BATCHING_PARALLEL": ("batching", "parallel"),
 }
 
 
@@ -96,7 +97,7 @@ class DtesnSettings(BaseModel):
 
 
 class BatchingSettings(BaseModel):
-    """Micro-batching of DTESN processing (see ``dtecho.batching``)."""
+    """Micro-batching of DTESN processing, embeddings and predictions (``dtecho.batching``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,6 +106,9 @@ class BatchingSettings(BaseModel):
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
     queue_size: int = Field(1024, ge=1)
     target_latency_ms: float = Field(50.0, gt=0)
+    # Batches of one kind computing at once (each in its own thread; the kernels release the
+    # GIL); 0: one per CPU this process may use, at most 4.
+    parallel: int = Field(0, ge=0, le=64)
 
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from dtecho.config import BatchingSettings
 from dtecho.errors import Overloaded
 
 __all__ = ["BatchObserver", "MicroBatcher", "usable_cpus"]
@@ -226,3 +227,22 @@ class MicroBatcher(Generic[K, I, R]):
             self._limits[key] = max(1, limit // 2)
         elif size >= limit and seconds < self.target_latency / 2:
             self._limits[key] = min(self.max_batch_size, limit + max(1, limit // 4))
+
+
+def batcher_from_settings(
+    run_batch: RunBatch,
+    settings: BatchingSettings | None,
+    observer: BatchObserver | None = None,
+) -> MicroBatcher[Any, Any, Any] | None:
+    """The batcher ``settings`` describe for ``run_batch``; ``None`` when batching is off."""
+    if settings is None or not settings.enabled:
+        return None
+    return MicroBatcher(
+        run_batch,
+        max_batch_size=settings.max_size,
+        max_wait_ms=settings.max_wait_ms,
+        queue_size=settings.queue_size,
+        target_latency_ms=settings.target_latency_ms,
+        observer=observer,
+        parallel=settings.parallel or usable_cpus(),
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dtecho.batching.micro import BatchObserver, MicroBatcher, usable_cpus
+from dtecho.batching.micro import BatchObserver, batcher_from_settings
 from dtecho.config import DtesnModelSpec, Settings
 from dtecho.engines.base import (
     Capabilities,
@@ -218,17 +218,9 @@ class DtesnEngine:
         self.spec = spec
         self._model: Any = None
         self.counts = {"started": 0, "completed": 0, "cancelled": 0}
-        self._batcher: MicroBatcher | None = None
-        batching = settings.batching
-        if spec.task == "embed" and batching.enabled:
-            self._batcher = MicroBatcher(
-                self._embed_batch,
-                max_batch_size=batching.max_size,
-                max_wait_ms=batching.max_wait_ms,
-                queue_size=batching.queue_size,
-                target_latency_ms=batching.target_latency_ms,
-                parallel=usable_cpus(),
-            )
+        self._batcher = None
+        if spec.task == "embed":
+            self._batcher = batcher_from_settings(self._embed_batch, settings.batching)
 
     def observe_batches(self, observer: BatchObserver) -> None:
         """Report embedding batches (sizes, queue depth and wait) to ``observer``."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dtecho.batching.micro import BatchObserver, MicroBatcher, usable_cpus
+from dtecho.batching.micro import BatchObserver, batcher_from_settings
 from dtecho.config import BatchingSettings
 from dtecho.dtesn import DTESN
 from dtecho.dtesn.reservoir import Reservoir
@@ -178,17 +178,7 @@ class ModelService:
         self._jobs: set[asyncio.Task[None]] = set()
         self._reservoirs: OrderedDict[tuple[str, int], tuple[DTESN, Reservoir]] = OrderedDict()
         self._reservoirs_lock = threading.Lock()
-        self.batcher: MicroBatcher | None = None
-        if batching is not None and batching.enabled:
-            self.batcher = MicroBatcher(
-                self._predict_batch,
-                max_batch_size=batching.max_size,
-                max_wait_ms=batching.max_wait_ms,
-                queue_size=batching.queue_size,
-                target_latency_ms=batching.target_latency_ms,
-                observer=observer,
-                parallel=usable_cpus(),
-            )
+        self.batcher = batcher_from_settings(self._predict_batch, batching, observer)
         for record in self.store.records():  # a job cannot survive its process
             if record["status"] == "training":
                 record.update(status="failed", error="interrupted by a restart")

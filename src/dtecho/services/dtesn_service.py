@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dtecho.batching.micro import BatchObserver, MicroBatcher, usable_cpus
+from dtecho.batching.micro import BatchObserver, batcher_from_settings
 from dtecho.config import BatchingSettings, DtesnSettings
 from dtecho.dtesn import trees
 from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
@@ -49,19 +49,8 @@ class DtesnService:
         self.settings = settings
         self.processor = Processor(settings.network_cache_size)
         self.outcomes: Counter[tuple[str, str]] = Counter()
-        self.batcher: MicroBatcher | None = None
-        self.batch_size = 1
-        if batching is not None and batching.enabled:
-            self.batch_size = batching.max_size
-            self.batcher = MicroBatcher(
-                self._run_batch,
-                max_batch_size=batching.max_size,
-                max_wait_ms=batching.max_wait_ms,
-                queue_size=batching.queue_size,
-                target_latency_ms=batching.target_latency_ms,
-                observer=observer,
-                parallel=usable_cpus(),  # one batch computing per core (the kernel frees the GIL)
-            )
+        self.batcher = batcher_from_settings(self._run_batch, batching, observer)
+        self.batch_size = batching.max_size if self.batcher is not None and batching else 1
 
     def _run_batch(self, key: tuple[NetworkConfig, int], items: list[Any]) -> list[ProcessResult]:
         config, points = key
