@@ -167,21 +167,16 @@ class ResponseCache:
 
     async def get(self, key: str) -> CacheHit | None:
         """The cached value of ``key`` and its tier, promoting it to L1; ``None`` on a miss."""
-        self._check_key(key)
-        if not self.settings.enabled:
-            return None
+        hit = self.get_local(key)
+        if hit is not None or not self.settings.enabled:
+            return hit
         started = time.perf_counter()
-        found = self._get_local(key)
-        if found is None:
-            read = await self._read_l3(key)
-            if read is not None:
-                found = (read[1], "L3")
-        if found is None:
+        read = await self._read_l3(key)
+        if read is None:
             self._stats.misses += 1
             return None
-        value, tier = found
-        self._stats.record_hit(tier, time.perf_counter() - started)
-        return CacheHit(value, tier)
+        self._stats.record_hit("L3", time.perf_counter() - started)
+        return CacheHit(read[1], "L3")
 
     def get_local(self, key: str) -> CacheHit | None:
         """A hit from the in-process tiers only (L1, else L2), never waiting on Redis.
