@@ -10,7 +10,8 @@ import pytest
 from scipy.special import logsumexp
 
 from dtecho.corpus import split, stdlib_docstrings
-from dtecho.dtesn.lm import BigramByteModel, EchoLanguageModel, TextFeatures
+from dtecho.dtesn.features import TextFeatures
+from dtecho.dtesn.lm import BigramByteModel, EchoLanguageModel
 from dtecho.dtesn.model import NotFittedError
 
 LN2 = np.log(2.0)

@@ -1,4 +1,4 @@
-"""Byte-level echo language model, bigram baseline and reservoir text features.
+"""Byte-level echo language model and its bigram baseline.
 
 ``EchoLanguageModel``: UTF-8 bytes drive a DTESN (one-hot input, so the input projection is a
 column lookup); a softmax readout over the next byte sees [1, one-hot(current byte), state]:
@@ -11,7 +11,7 @@ probabilities by a softmax or clipping fitted on validation text, was measured f
 lost ≈0.3 bits/byte to softmax regression (3.47 vs 3.18 with 1000 units on 400 kB).
 
 ``BigramByteModel`` is the baseline: interpolated absolute discounting (Kneser–Ney style).
-``TextFeatures``: mean reservoir state of a text, centred, rotated (fixed seed), L2-normalised.
+(Text features for embeddings are in ``features.py``.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -30,71 +30,16 @@ import scipy.sparse as sps
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from . import bseries
+from .byte_reservoir import byte_reservoir, byte_reservoir_from, byte_table, scan_bytes
 from .membranes import build_membranes
 from .model import NotFittedError
-from .reservoir import Reservoir, build_weights
 from .text import VOCAB, byte_codes
 
-__all__ = ["BigramByteModel", "EchoLanguageModel", "TextFeatures"]
+__all__ = ["BigramByteModel", "EchoLanguageModel"]
 
 FORMAT = "dtecho.echo_lm"
 FORMAT_VERSION = 1
 _LN2 = float(np.log(2.0))
-_CHUNK = 512  # time steps per reservoir call at most
-_BUFFER = 2**24  # …and at most this many state entries per call (64 MiB in float32)
-
-
-def _byte_reservoir(p: dict[str, Any]) -> Reservoir:
-    """A reservoir with 256 one-hot inputs feeding every membrane, from parameters ``p``."""
-    mem = build_membranes(p["units"], depth=p["depth"], leak_rate=p["leak_rate"],
-                          tau_scaling=p["tau_scaling"])  # fmt: skip
-    W, W_in, b = build_weights(
-        mem, VOCAB, spectral_radius_target=p["spectral_radius"], connectivity=p["connectivity"],
-        input_scaling=p["input_scaling"], input_connectivity=1.0, bias_scaling=p["bias_scaling"],
-        coupling=p["coupling"], feedback=0.0, input_to="all", weights="random", seed=p["seed"],
-    )  # fmt: skip
-    leak = np.concatenate([np.full(m.units, 1.0 / m.tau) for m in mem])
-    return _reservoir(W, W_in, b, leak, p["dtype"])
-
-
-def _reservoir(W, W_in, b, leak, dtype: str) -> Reservoir:
-    # CSR products even for batches: at these densities (2-5 %) measured 2× faster than
-    # BLAS for 64 streams of 1200 units, which the "auto" cost model would send to BLAS.
-    return Reservoir(
-        W, W_in, b, leak, tableau=bseries.TABLEAUX["euler"], dtype=dtype, matrix_format="sparse"
-    )
-
-
-def _table(res: Reservoir) -> np.ndarray:
-    """(256, N) rows W_in[:, byte] + b in the run dtype: projecting bytes is a row gather.
-
-    Summed after the cast to the run dtype, so a model whose W_in and b were saved in that
-    dtype rebuilds exactly the same table after loading."""
-    return np.ascontiguousarray(res.W_in.T, dtype=res.dtype) + res.bias.astype(res.dtype)
-
-
-def _scan(res: Reservoir, table: np.ndarray, codes: np.ndarray, x0: np.ndarray | None = None,
-          lengths: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
-    """(t0, states (B, c, N)) over time chunks of uint8 ``codes`` (B, T), state carried over.
-
-    ``lengths`` (non-increasing) masks finished sequences exactly as ``run_projected`` does;
-    rows at or past a sequence's length hold garbage and must be ignored by the caller.
-    """
-    B, T = codes.shape
-    x = np.zeros((B, res.units), res.dtype) if x0 is None else x0
-    step = max(8, min(_CHUNK, _BUFFER // max(1, B * res.units)))
-    for t0 in range(0, T, step):
-        t1 = min(T, t0 + step)
-        lens = None if lengths is None else np.clip(lengths - t0, 0, t1 - t0)
-        S = res.run_projected(table[codes[:, t0:t1]], x0=x, lengths=lens)
-        if lens is None:
-            x = S[:, -1].copy()
-        else:
-            live = np.flatnonzero(lens > 0)
-            x = x.copy()
-            x[live] = S[live, lens[live] - 1]
-        yield t0, S
 
 
 def _sum_rows_by(g: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -203,8 +148,8 @@ class EchoLanguageModel:
         train, val = codes[: len(codes) - n_val], codes[len(codes) - n_val :]
         if len(train) < 16:
             raise ValueError(f"the corpus needs at least 16 training bytes, got {len(train)}")
-        self.reservoir_ = _byte_reservoir(self.get_params())
-        self._table = _table(self.reservoir_)
+        self.reservoir_ = byte_reservoir(self.get_params())
+        self._table = byte_table(self.reservoir_)
         bigram = BigramByteModel().fit(train.tobytes())
         S, cur, nxt = self._training_states(train, lambda f: report(0.3 * f))
         self._train_readout(S, cur, nxt, bigram.logprobs_, lambda f: report(0.3 + 0.6 * f))
@@ -236,7 +181,7 @@ class EchoLanguageModel:
         L = (len(train) - 1) // B
         cur, nxt = train[: B * L].reshape(B, L), train[1 : B * L + 1].reshape(B, L)
         S = np.empty((B, L, self.units), np.float16)
-        for t0, chunk in _scan(self.reservoir_, self._table, cur):
+        for t0, chunk in scan_bytes(self.reservoir_, self._table, cur):
             S[:, t0 : t0 + chunk.shape[1]] = chunk
             report((t0 + chunk.shape[1]) / L)
         return S.reshape(B * L, self.units), cur.reshape(-1), nxt.reshape(-1)
@@ -314,7 +259,7 @@ class EchoLanguageModel:
 
     def _logits(self, codes: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(t0, logits (c, 256)) for the bytes after codes[t0 : t0 + c], one sequence."""
-        for t0, S in _scan(self.reservoir_, self._table, codes[None, :-1]):
+        for t0, S in scan_bytes(self.reservoir_, self._table, codes[None, :-1]):
             yield t0, self._readout(S[0], codes[t0 : t0 + S.shape[1]])
 
     def initial_state(self, batch: int) -> np.ndarray:
@@ -391,10 +336,10 @@ class EchoLanguageModel:
         N = a["W_in"].shape[0]
         W = sps.csr_array((a["W_data"].astype(np.float64), a["W_indices"], a["W_indptr"]),
                           shape=(N, N))  # fmt: skip
-        model.reservoir_ = _reservoir(
+        model.reservoir_ = byte_reservoir_from(
             W, a["W_in"].astype(np.float64), a["bias"].astype(np.float64), a["leak"], model.dtype
         )
-        model._table = _table(model.reservoir_)
+        model._table = byte_table(model.reservoir_)
         model.state_weights_, model.byte_weights_ = a["state_weights"], a["byte_weights"]
         model.bias_, model.temperature_ = a["bias_out"], config["temperature"]
         model.metadata = config["metadata"]
@@ -404,99 +349,3 @@ class EchoLanguageModel:
     def default(cls) -> EchoLanguageModel:
         """The packaged model (``dtecho/data/echo_lm``), trained by ``dtecho train-lm``."""
         return cls.load(resources.files("dtecho.data") / "echo_lm")
-
-
-# Our own sample of prose, docstring and code: its mean state is the direction every text
-# shares, which is removed before comparing (it otherwise gives any two texts cosine ≈ 0.8).
-_REFERENCE_TEXT = (
-    b"Return a new list with the items of the sequence in sorted order. The key function is "
-    b"called once for each element; if the value is None, the elements are compared directly. "
-    b"Raise ValueError when the argument is empty, and TypeError when two items cannot be "
-    b"compared.\n\n"
-    b"The server reads its settings from a file at start-up and answers requests over HTTP. "
-    b"Each model has a name, an engine and a few options. When a client disconnects, the "
-    b"running generation is cancelled and its resources are released.\n\n"
-    b"Yesterday the weather was cold and wet, so we stayed inside, made tea and read old "
-    b"letters from our grandparents. In the evening the rain stopped; the streets were quiet "
-    b"and the sky turned a deep shade of blue over the hills.\n\n"
-    b'def mean(values):\n    """Arithmetic mean of a non-empty sequence."""\n'
-    b"    total = 0.0\n    for v in values:\n        total += v\n"
-    b"    return total / len(values)\n\n"
-    b"for i, name in enumerate(names):\n    if name.startswith('_'):\n        continue\n"
-    b'    print(f"{i:3d} {name}")\n'
-)
-
-
-class TextFeatures:
-    """Deterministic text feature vectors from reservoir states, for /v1/embeddings.
-
-    A text's UTF-8 bytes drive a reservoir (parameters as in ``EchoLanguageModel``, slower
-    leak so the state integrates over words). Its feature: the mean state over the text,
-    minus the mean state of a fixed built-in reference text (``_REFERENCE_TEXT``), rotated by
-    a fixed seeded Haar-orthogonal matrix and L2-normalised; ``dimensions`` = units. For
-    d < units the first d rotated coordinates are kept and renormalised: the rotation spreads
-    the information evenly, so any prefix is a Johnson–Lindenstrauss projection of the full
-    vector, and truncating a full vector gives the same answer. A text with nothing left
-    after centring (the empty text) maps to e₀ rotated. No training; the reservoir is built
-    in the constructor (a pure function of the parameters).
-    """
-
-    def __init__(self, units: int = 512, depth: int = 2, *, spectral_radius: float = 0.9,
-                 leak_rate: float = 0.5, tau_scaling: float = 2.0, input_scaling: float = 1.0,
-                 bias_scaling: float = 0.1, connectivity: float = 0.1, coupling: float = 1.0,
-                 seed: int = 0) -> None:  # fmt: skip
-        params = dict(locals())
-        del params["self"]
-        for name, value in params.items():
-            setattr(self, name, value)
-        self.reservoir_ = _byte_reservoir({**params, "dtype": "float32"})
-        self._table = _table(self.reservoir_)
-        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
-        q, r = np.linalg.qr(rng.standard_normal((units, units)))
-        self._rotation = q * np.sign(np.diag(r))
-        self._center = self._mean_states([_REFERENCE_TEXT])[0][0]
-
-    @property
-    def dimensions(self) -> int:
-        """Native output size (= units)."""
-        return int(self.units)
-
-    def _mean_states(self, texts: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
-        """(n, N) float64 mean state of each text (zeros if empty) and the lengths, one batch."""
-        seqs = [byte_codes(t) for t in texts]
-        n, N = len(seqs), self.dimensions
-        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        order = np.argsort(-lengths, kind="stable")
-        L = lengths[order]
-        codes = np.zeros((n, int(L[0]) if n else 0), np.uint8)
-        for i, j in enumerate(order):
-            codes[i, : L[i]] = seqs[j]
-        total = np.zeros((n, N))
-        for t0, S in _scan(self.reservoir_, self._table, codes, lengths=L):
-            live = np.arange(t0, t0 + S.shape[1]) < L[:, None]  # (n, c) rows before each end
-            total += np.matmul(live.astype(S.dtype)[:, None, :], S)[:, 0]
-        mean = np.zeros((n, N))
-        mean[order] = total / np.maximum(L, 1)[:, None]
-        return mean, lengths
-
-    def transform(self, texts: Sequence[bytes | str], dimensions: int | None = None) -> np.ndarray:
-        """(len(texts), d) float32 L2-normalised rows, d = ``dimensions`` or the native size.
-
-        All texts run as one batch (sorted by length, finished ones masked). Raises
-        ValueError unless 1 ≤ d ≤ the native size.
-        """
-        d = self.dimensions if dimensions is None else int(dimensions)
-        if not 1 <= d <= self.dimensions:
-            raise ValueError(
-                f"dimensions must be between 1 and {self.dimensions}, got {dimensions}"
-            )
-        mean, lengths = self._mean_states(texts)
-        x = mean - self._center
-        # float32 rounding differs between batch sizes by ~1e-7 relative: below 1e-5 the
-        # rest is noise, not a direction (only the reference text itself comes that close)
-        blank = (lengths == 0) | (np.linalg.norm(x, axis=1) < 1e-5 * np.linalg.norm(self._center))
-        x[blank] = 0.0
-        x[blank, 0] = 1.0
-        out = x @ self._rotation[:, :d]
-        out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out.astype(np.float32)

@@ -7,8 +7,8 @@ next-byte log-probabilities; the ``n`` choices of a request advance together as 
 
 Embeddings (``task: embed``) go through a :class:`~dtecho.batching.micro.MicroBatcher` when
 batching is enabled: concurrent requests (each with any number of inputs) are computed as one
-vectorised reservoir run. :func:`embed_texts` makes every vector a function of its own text
-only, so batched and unbatched answers are bit-identical.
+vectorised reservoir run. ``TextFeatures.transform_each`` makes every vector a function of
+its own text only, so batched and unbatched answers are bit-identical.
 """
 
 from __future__ import annotations
@@ -33,80 +33,12 @@ from dtecho.engines.base import (
 from dtecho.engines.decoding import ChoiceDecoder, byte_token
 from dtecho.errors import EngineUnavailable, InvalidRequest
 
-__all__ = ["DEFAULT_MAX_TOKENS", "DtesnEngine", "chat_prompt", "embed_texts", "sample_next"]
+__all__ = ["DEFAULT_MAX_TOKENS", "DtesnEngine", "chat_prompt", "sample_next"]
 
 DEFAULT_MAX_TOKENS = 256
 MAX_N = 16
 BYTES_PER_HOP = 8  # bytes generated per worker-thread hop: amortises the hop, keeps streams live
 EMPTY_PROMPT = b"\n"  # the model needs one byte of context to predict the first one
-EMBED_GROUP = 64  # texts per reservoir call at most
-EMBED_STEPS = 256  # time steps per reservoir call: a fixed grid, whatever the batch
-
-
-def _byte_table(features: Any) -> np.ndarray:
-    """(256, N) rows W_in[:, byte] + b in the run dtype (as ``TextFeatures`` builds it)."""
-    table = getattr(features, "_table", None)
-    if table is None:
-        res = features.reservoir_
-        table = np.ascontiguousarray(res.W_in.T, dtype=res.dtype) + res.bias.astype(res.dtype)
-    return table
-
-
-def _mean_states(features: Any, texts: Sequence[bytes]) -> np.ndarray:
-    """(n, N) float64 mean reservoir state of each text (zeros for an empty one).
-
-    Texts run longest first in groups of :data:`EMBED_GROUP`, time in chunks of
-    :data:`EMBED_STEPS`. A text's states do not depend on its batch (the reservoir's CSR
-    products sum every row in the same order for one sequence or many), and its sum runs
-    over the same fixed time grid, row by row in time order, so its mean is bit-identical
-    alone and in any batch. (``TextFeatures.transform`` sums through batch-shaped matrix
-    products instead, which round differently with the batch size.)"""
-    res = features.reservoir_
-    table = _byte_table(features)
-    n, units = len(texts), res.units
-    codes = [np.frombuffer(t, np.uint8) for t in texts]
-    lengths = np.array([len(c) for c in codes], dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    total = np.zeros((n, units))
-    for g0 in range(0, n, EMBED_GROUP):
-        members = order[g0 : g0 + EMBED_GROUP]
-        lens = lengths[members]
-        x = np.zeros((len(members), units), res.dtype)
-        for t0 in range(0, int(lens[0]), EMBED_STEPS):
-            steps = np.clip(lens - t0, 0, EMBED_STEPS)
-            k = int(np.count_nonzero(steps))
-            P = np.zeros((k, int(steps[0]), units), res.dtype)
-            for b in range(k):
-                np.take(table, codes[members[b]][t0 : t0 + steps[b]], axis=0, out=P[b, : steps[b]])
-            S = res.run_projected(P, x0=x[:k], lengths=steps[:k])
-            for b in range(k):
-                valid = S[b, : steps[b]]
-                x[b] = valid[-1]
-                total[members[b]] += np.add.reduce(valid, axis=0, dtype=np.float64)
-    return total / np.maximum(lengths, 1)[:, None]
-
-
-def embed_texts(
-    features: Any, texts: Sequence[bytes], dimensions: Sequence[int]
-) -> list[np.ndarray]:
-    """L2-normalised float32 feature vectors of ``texts`` (``TextFeatures`` semantics:
-    centred mean state, fixed rotation, first ``dimensions[i]`` coordinates), each computed
-    only from its own text: the same bits whatever other texts share the call. Returns a
-    list of (d_i,) rows (an object list, since dimensions may differ)."""
-    mean = _mean_states(features, texts)
-    center = features._center
-    threshold = 1e-5 * np.linalg.norm(center)
-    rotation = features._rotation
-    rows = []
-    for i, text in enumerate(texts):
-        x = mean[i] - center
-        if not text or np.linalg.norm(x) < threshold:  # nothing left after centring
-            x = np.zeros_like(x)
-            x[0] = 1.0
-        out = x @ rotation[:, : dimensions[i]]
-        out /= np.linalg.norm(out)
-        rows.append(out.astype(np.float32))
-    return rows  # type: ignore[return-value]
 
 
 def chat_prompt(messages: Sequence[dict[str, str]]) -> str:
@@ -233,7 +165,7 @@ class DtesnEngine:
         """Every request's texts in one call; each request gets its own rows back."""
         texts = [text for group, _ in items for text in group]
         dims = [d for group, d in items for _ in group]
-        rows = embed_texts(self._model, texts, dims)
+        rows = self._model.transform_each(texts, dims)
         out, start = [], 0
         for group, _ in items:
             out.append(rows[start : start + len(group)])
@@ -244,7 +176,8 @@ class DtesnEngine:
         self._model = await asyncio.to_thread(self._load)
 
     def _load(self) -> Any:
-        from dtecho.dtesn.lm import EchoLanguageModel, TextFeatures
+        from dtecho.dtesn.features import TextFeatures
+        from dtecho.dtesn.lm import EchoLanguageModel
 
         if self.spec.task == "embed":
             return TextFeatures()
@@ -321,5 +254,5 @@ class DtesnEngine:
         if self._batcher is not None:
             rows = await self._batcher.submit(self.name, (texts, d))
         else:
-            rows = await asyncio.to_thread(embed_texts, features, texts, [d] * len(texts))
+            rows = await asyncio.to_thread(features.transform_each, texts, [d] * len(texts))
         return EmbeddingResult(np.stack(rows), sum(len(t) for t in texts))
