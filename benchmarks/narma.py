@@ -28,9 +28,14 @@ that library's own ridge math (``dtesn_ridge_path``: the DTESN's ``RidgeReadout`
 to rounding. Stages, the same budget for both libraries:
 
   1. the whole ``GRID`` (90 reservoir settings × 9 ridges). At 100 units every setting is
-     scored on the full validation set; at 1000 units the grid is first screened on series
-     1 with network seed 0 (``SCREEN``; each run costs ~1.5 s there), and the 4 best settings
-     are scored on the full validation set. The best mean is the grid winner.
+     scored on the full validation set; at 1000 units the grid is first screened on all six
+     validation series with network seed 0 (``SCREEN``: 6 of the 12 runs, ~0.9 s each), and
+     the 8 best settings by that screen's mean are scored on the full validation set (their
+     network-seed-1 runs added). The best mean is the grid winner. The screen (540 runs per
+     library) does not fit one 5-minute locked run: ``--part I N`` screens only the grid
+     settings I, I+N, … and writes their scores to ``--cache`` files; a run without
+     ``--part`` reading all those caches merges them (recomputing nothing already there)
+     and goes on to the full validation and stage 2.
   2. 9 candidates on top of the grid winner, each with its ridge chosen again, on the full
      validation set: for the DTESN the library's other initialisations and membrane trees
      (``STRUCTURES``: orthogonal W, depth 2/3, slower inner membranes, input to every
@@ -45,14 +50,18 @@ Targets: ≤ 0.29 at 100 units, ≤ 0.13 at 1000 units, and no worse than Reserv
 
     python benchmarks/narma.py [--quick] [--threads N] [--sizes 100 1000]
     python benchmarks/narma.py --tune --sizes 100 [--libs dtesn reservoirpy] --out FILE
-    python benchmarks/narma.py --tune --sizes 1000 --libs dtesn --stages 1   # then --stages 2
+    python benchmarks/narma.py --tune --sizes 1000 --libs dtesn --part 0 2 --cache c0.json
+    python benchmarks/narma.py --tune --sizes 1000 --libs dtesn --part 1 2 --cache c1.json
+    python benchmarks/narma.py --tune --sizes 1000 --libs dtesn --cache c.json c0.json c1.json
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
+from pathlib import Path
 
 from _common import pin_threads
 
@@ -74,7 +83,7 @@ TEST_SERIES = (0, 2, 3, 4, 5)
 TEST_SEEDS = (10, 11, 12, 13)  # network seeds for every test series (none used in tuning)
 VAL_SERIES = (1, 6, 7, 8, 9, 10)
 VAL_SEEDS = {100: (0, 1, 2, 3), 1000: (0, 1)}  # network seeds of the validation runs
-SCREEN = {1000: ((1,), (0,), 4)}  # size: (series, network seeds, settings kept) of stage 1
+SCREEN = {1000: (VAL_SERIES, (0,), 8)}  # size: (series, network seeds, settings kept), stage 1
 TARGETS = {100: 0.29, 1000: 0.13}
 
 # Winners of `python benchmarks/narma.py --tune` (validation series only; the runs are in
@@ -86,7 +95,7 @@ CHOSEN: dict[str, dict[int, dict[str, float]]] = {
             spectral_radius=0.9, input_scaling=0.05, bias_scaling=0.5, leak_rate=1.0, ridge=1e-12
         ),
         1000: dict(
-            spectral_radius=1.0, input_scaling=0.1, bias_scaling=0.2, leak_rate=0.8, ridge=1e-10
+            spectral_radius=1.1, input_scaling=0.03, bias_scaling=0.5, leak_rate=1.0, ridge=1e-9
         ),
     },
     "reservoirpy": {
@@ -207,25 +216,49 @@ def ridge_path(lib: str, S: np.ndarray, X: np.ndarray, Y: np.ndarray) -> np.ndar
 
 
 class Validator:
-    """Validation NRMSE (runs × ridges) of a library's setting; each run computed once."""
+    """Validation NRMSE (runs × ridges) of a library's setting; each run computed once.
 
-    def __init__(self, lib: str, units: int) -> None:
+    ``cache``: JSON files of earlier runs' scores (``--cache``), keyed by library, size,
+    setting, series and network seed; all are read, and every new score is written to the
+    first (after each setting), so a tuning too long for one locked run can be split (``--slice``)
+    and resumed, and later runs reuse what earlier ones computed (the same numbers: the runs
+    are deterministic)."""
+
+    def __init__(self, lib: str, units: int, cache: list[Path] | None = None) -> None:
         self.lib, self.units = lib, units
         self.data = {s: series(s) for s in VAL_SERIES}
-        self.cache: dict[tuple, np.ndarray] = {}
+        self.cache: dict[str, np.ndarray] = {}
+        self.paths = list(cache or [])
+        for path in self.paths:
+            if path.exists():
+                self.cache.update({k: np.array(v) for k, v in json.loads(path.read_text()).items()})
         self.runs = 0
 
+    def key(self, p: dict, s: int, seed: int) -> str:
+        setting = tuple(sorted((k, v) for k, v in p.items() if k != "ridge"))
+        return repr((self.lib, self.units, setting, s, seed))
+
     def scores(self, p: dict, val_series, seeds) -> np.ndarray:
-        key = tuple(sorted((k, v) for k, v in p.items() if k != "ridge"))
+        new = False
         for seed in seeds:
-            todo = [s for s in val_series if (key, s, seed) not in self.cache]
+            todo = [s for s in val_series if self.key(p, s, seed) not in self.cache]
             if not todo:
                 continue
             states = STATES[self.lib]([self.data[s][0] for s in todo], self.units, p, seed)
             for s, S in zip(todo, states, strict=True):
-                self.cache[key, s, seed] = ridge_path(self.lib, S, *self.data[s])
+                self.cache[self.key(p, s, seed)] = ridge_path(self.lib, S, *self.data[s])
                 self.runs += 1
-        return np.array([self.cache[key, s, seed] for s in val_series for seed in seeds])
+                new = True
+        if new:
+            self.save()
+        return np.array([self.cache[self.key(p, s, seed)] for s in val_series for seed in seeds])
+
+    def save(self) -> None:
+        if not self.paths:
+            return
+        tmp = self.paths[0].with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: v.tolist() for k, v in self.cache.items()}))
+        tmp.replace(self.paths[0])
 
 
 def best_ridge(p: dict, scores: np.ndarray) -> dict:
@@ -259,7 +292,7 @@ STRUCTURES = (
 STAGE2: dict[str, dict[int, dict]] = {
     "dtesn": {
         100: {"depth": 2, "tau_scaling": 2.0, "input_to": "all", "ridge": 1e-11},
-        1000: {},
+        1000: {"depth": 3, "tau_scaling": 2.0, "input_to": "all", "ridge": 1e-9},
     },
     "reservoirpy": {
         100: {"spectral_radius": 0.855},
@@ -279,15 +312,17 @@ def settings(lib: str, units: int) -> dict:
 EVALUATED = {"dtesn": dtesn_predict, "dtesn_plain": dtesn_predict, "reservoirpy": rpy_predict}
 
 
-def tune(sizes, libs, quick: bool, stages=(1, 2)) -> list[dict]:
+def tune(sizes, libs, quick: bool, stages=(1, 2), cache=None, part=None) -> list[dict]:
     """Stages 1 and 2 (module docstring). ``stages=(2,)`` runs stage 2 alone on top of the
     grid winner recorded in CHOSEN (so a size whose tuning takes long can be run in two parts);
-    its {} candidate re-scores that winner, so the choice is still the best of both stages."""
+    its {} candidate re-scores that winner, so the choice is still the best of both stages.
+    ``part=(i, n)``: only the screen of the grid settings i, i + n, i + 2n, … (their scores go
+    to the ``cache``; a later run with the same cache and no ``part`` merges them)."""
     grid = GRID if not quick else {k: v[:1] for k, v in GRID.items()}
     rows = []
     for units, lib in itertools.product(sizes, libs):
         t0 = time.perf_counter()
-        val = Validator(lib, units)
+        val = Validator(lib, units, cache)
         full = (VAL_SERIES[:2], VAL_SEEDS[units][:1]) if quick else (VAL_SERIES, VAL_SEEDS[units])
         if 1 in stages:
             candidates = [
@@ -295,6 +330,15 @@ def tune(sizes, libs, quick: bool, stages=(1, 2)) -> list[dict]:
             ]
             if units in SCREEN and not quick:
                 s_series, s_seeds, keep = SCREEN[units]
+                if part:
+                    for p in candidates[part[0] :: part[1]]:
+                        val.scores(p, s_series, s_seeds)
+                    print(
+                        f"{lib} {units}: screen part {part[0]}/{part[1]}, {val.runs} runs, "
+                        f"{time.perf_counter() - t0:.1f}s",
+                        flush=True,
+                    )
+                    continue
                 screened = [best_ridge(p, val.scores(p, s_series, s_seeds)) for p in candidates]
                 screened.sort(key=lambda r: r["nrmse"])
                 for r in screened:
@@ -318,6 +362,8 @@ def tune(sizes, libs, quick: bool, stages=(1, 2)) -> list[dict]:
             f"{lib} {units}: {val.runs} reservoir runs, {time.perf_counter() - t0:.1f}s",
             flush=True,
         )
+    if part:
+        return rows
     cols = ["lib", "units", "stage", "extra", *GRID, "ridge", "nrmse", "median", "worst"]
     for stage in stages:
         best = {}
@@ -386,6 +432,21 @@ def main() -> None:
     parser.add_argument(
         "--stages", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="(--tune)"
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="(--tune) score caches: read all, write the first",
+    )
+    parser.add_argument(
+        "--part",
+        type=int,
+        nargs=2,
+        metavar=("I", "N"),
+        default=None,
+        help="(--tune) screen only grid settings I, I+N, I+2N, … into --cache, then stop",
+    )
     args = parser.parse_args()
     sizes = (100,) if args.quick else (100, 1000)
     if args.sizes:
@@ -408,7 +469,15 @@ def main() -> None:
         },
     }
     if args.tune:
-        payload["tuning"] = tune(sizes, args.libs, args.quick, tuple(args.stages))
+        payload["screen"] = {
+            u: dict(zip(("series", "network_seeds", "kept"), v, strict=True))
+            for u, v in SCREEN.items()
+        }
+        payload["tuning"] = tune(
+            sizes, args.libs, args.quick, tuple(args.stages), args.cache, args.part
+        )
+        if args.part:
+            return
         write_json("narma_tuning", payload, args.out)
         return
     rows = evaluate(sizes, n_series)
