@@ -176,6 +176,10 @@ class CompletionRequest(_Sampling):
     def token_limit(self) -> int | None:
         return self.max_tokens
 
+    def prompts(self) -> list[str | list[int]]:
+        """``prompt`` as a list of prompts: strings or token arrays."""
+        return _items(self.prompt)
+
 
 class EmbeddingRequest(_Wire):
     """``POST /v1/embeddings``."""
@@ -195,9 +199,14 @@ class EmbeddingRequest(_Wire):
 
     def inputs(self) -> list[str | list[int]]:
         """``input`` as a list of items: strings or token arrays."""
-        value = self.input
-        if isinstance(value, str):
-            return [value]
-        if all(isinstance(item, int) for item in value):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+        return _items(self.input)
+
+
+def _items(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """A prompt or input field as a list of items: one string, one token array, or a list
+    of either."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(item, int) for item in value):
+        return [list(value)]  # type: ignore[arg-type]
+    return list(value)  # type: ignore[arg-type]

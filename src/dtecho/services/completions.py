@@ -72,6 +72,21 @@ def _check_common(request: Any, capabilities: Capabilities, model: str) -> None:
         raise InvalidRequest(f"Model '{model}' supports n up to {capabilities.max_n}.", param="n")
 
 
+def _sampling(
+    request: ChatCompletionRequest | CompletionRequest, logprobs: int | None
+) -> SamplingParams:
+    """The engine's sampling parameters, with OpenAI's defaults for unset fields."""
+    return SamplingParams(
+        max_tokens=request.token_limit,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        n=request.n,
+        stop=tuple(request.stop_sequences),
+        seed=request.seed,
+        logprobs=logprobs,
+    )
+
+
 def _chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
     return {
         "content": [
@@ -158,15 +173,7 @@ class CompletionService:
                 )
         if request.logprobs and not capabilities.logprobs:
             raise InvalidRequest(f"Model '{model}' cannot return logprobs.", param="logprobs")
-        sampling = SamplingParams(
-            max_tokens=request.token_limit,
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            n=request.n,
-            stop=tuple(request.stop_sequences),
-            seed=request.seed,
-            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-        )
+        sampling = _sampling(request, (request.top_logprobs or 0) if request.logprobs else None)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         return GenerationRequest(request_id=request_id, sampling=sampling, messages=messages)
 
@@ -239,26 +246,10 @@ class CompletionService:
 
     # ---- text completions -------------------------------------------------------------------
 
-    def _prompts(self, request: CompletionRequest) -> list[str | list[int]]:
-        prompt = request.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if all(isinstance(item, int) for item in prompt):
-            return [list(prompt)]  # type: ignore[arg-type]
-        return list(prompt)  # type: ignore[arg-type]
-
     def _completion_request(
         self, request: CompletionRequest, prompt: str | list[int], request_id: str
     ) -> GenerationRequest:
-        sampling = SamplingParams(
-            max_tokens=request.token_limit,
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            n=request.n,
-            stop=tuple(request.stop_sequences),
-            seed=request.seed,
-            logprobs=request.logprobs,
-        )
+        sampling = _sampling(request, request.logprobs)
         if isinstance(prompt, str):
             return GenerationRequest(request_id=request_id, sampling=sampling, prompt=prompt)
         return GenerationRequest(request_id=request_id, sampling=sampling, prompt_tokens=prompt)
@@ -271,7 +262,7 @@ class CompletionService:
         _check_common(request, capabilities, model)
         if request.logprobs is not None and not capabilities.logprobs:
             raise InvalidRequest(f"Model '{model}' cannot return logprobs.", param="logprobs")
-        prompts = self._prompts(request)
+        prompts = request.prompts()
         if any(not isinstance(p, str) for p in prompts) and not capabilities.token_prompts:
             raise InvalidRequest(f"Model '{model}' needs text prompts.", param="prompt")
         if request.stream and len(prompts) > 1:
