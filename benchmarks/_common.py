@@ -43,6 +43,15 @@ def pin_threads(argv: Sequence[str] | None = None) -> int:
     return threads
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def arg_parser(description: str) -> argparse.ArgumentParser:
     """The common command line: --quick, --threads, --repeats, --out."""
     p = argparse.ArgumentParser(description=description)

@@ -1,15 +1,17 @@
 """A load generator that runs in its own process, so it never shares a Python interpreter (or
 a GIL) with the server it measures.
 
-``run_loadgen(spec)`` starts ``python benchmarks/_loadgen.py SPEC`` and returns its JSON
-result. ``spec``: ``port``, ``path``, ``body`` (a JSON text), ``mode`` and the mode's
-parameters, optionally ``cpus`` (affinity) and ``headers`` (extra request headers):
+``run_loadgen(spec)`` starts ``python benchmarks/_loadgen.py`` (the spec on stdin) and
+returns its JSON result. ``spec``: ``port``, ``path``, ``body`` (a JSON text), ``mode`` and
+the mode's parameters, optionally ``cpus`` (affinity) and ``headers`` (extra request headers):
 
 - ``sequential`` (``requests``): one keep-alive connection, the next request as soon as the
   previous answer is complete; latencies, and the server's own time from ``Server-Timing``;
 - ``open`` (``rate``, ``seconds``, ``connections``): requests leave on a fixed schedule and
   latency counts from the scheduled time (no coordinated omission);
-- ``closed`` (``concurrency``, ``seconds``): N connections each sending back to back.
+- ``closed`` (``concurrency``, ``seconds``): N connections each sending back to back;
+- ``fixed`` (``concurrency``, ``bodies``: a list of JSON texts instead of ``body``): every
+  body sent exactly once over N connections, each sending back to back.
 
 Requests are written as raw HTTP/1.1 and responses parsed with httptools: the client costs a
 few microseconds per request, far below what it measures.
@@ -35,8 +37,10 @@ __all__ = ["percentile", "run_loadgen", "summarise_ms"]
 
 def run_loadgen(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Run one load phase in a separate process and return its result."""
-    argv = [sys.executable, __file__, json.dumps(spec)]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout)
+    argv = [sys.executable, __file__]  # the spec goes on stdin: request bodies may be large
+    out = subprocess.run(
+        argv, input=json.dumps(spec), check=True, capture_output=True, text=True, timeout=timeout
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -247,11 +251,42 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _fixed(spec: dict[str, Any]) -> dict[str, Any]:
+    pending = deque(raw_request({**spec, "body": body}) for body in spec["bodies"])
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    done = asyncio.get_running_loop().create_future()
+    active = min(spec["concurrency"], len(pending))
+
+    def on_response(conn: _Connection, status: int, now: float) -> None:
+        nonlocal active
+        latencies.append(now - conn.sent_at)
+        statuses[status] += 1
+        if pending and status:
+            conn.send(pending.popleft(), now)
+            return
+        active -= 1
+        if active == 0 and not done.done():
+            done.set_result(None)
+
+    conns = [await _connect(spec["port"], on_response) for _ in range(active)]
+    started = time.perf_counter()
+    for conn in conns:
+        conn.send(pending.popleft(), started)
+    await done
+    elapsed = time.perf_counter() - started
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
+    return {"latencies_s": latencies, "statuses": dict(statuses), "elapsed_s": elapsed}
+
+
 def loadgen_main(spec: dict[str, Any]) -> None:
     """Entry point of the load-generator process: run one phase, print its JSON result."""
     if spec.get("cpus"):
         os.sched_setaffinity(0, spec["cpus"])
-    phase = {"sequential": _sequential, "open": _open_loop, "closed": _closed_loop}[spec["mode"]]
+    phase = {"sequential": _sequential, "open": _open_loop, "closed": _closed_loop,
+             "fixed": _fixed}[spec["mode"]]  # fmt: skip
     if spec["mode"] == "open":
         # select(2) takes microsecond timeouts; epoll and libuv round timers to milliseconds,
         # which would make the schedule (and every latency measured from it) jitter by 1 ms.
@@ -293,4 +328,4 @@ def summarise_ms(samples_s: Sequence[float]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    loadgen_main(json.loads(sys.argv[1]))
+    loadgen_main(json.load(sys.stdin))

@@ -1,8 +1,8 @@
 """Micro-batching on and off: ``/v1/dtesn/process`` served by a real ``dtecho serve`` worker.
 
 For each setting (``DTECHO_BATCHING_ENABLED`` true, then false) one ``python -m dtecho serve``
-process (one worker) is started, warmed up, and loaded from a separate process (this script
-with ``--load``: raw HTTP/1.1 over keep-alive connections, responses parsed by httptools, so
+process (one worker) is started, warmed up, and loaded from a separate process
+(``_loadgen.py``: raw HTTP/1.1 over keep-alive connections, responses parsed by httptools, so
 the client costs a few microseconds per request). At each concurrency level (1, 8, 64) a
 fixed number of requests is sent in a closed loop: N connections, each sending its next
 request as soon as its answer is complete. Every request carries its own 256-byte input
@@ -20,7 +20,6 @@ off), writes ``benchmarks/results/batching.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -37,7 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import machine_info, print_table, write_json
+from _common import free_port, machine_info, print_table, write_json
+from _loadgen import percentile, run_loadgen
 
 PATH = "/v1/dtesn/process"
 LEVELS = (1, 8, 64)
@@ -46,7 +46,7 @@ ESN_SIZE = 512
 TARGETS = {"rps_ratio_at_64": 5.0, "p50_ratio_at_1": 1.10}
 
 
-def bodies(count: int, seed: int, size: int = INPUT_BYTES, esn_size: int = ESN_SIZE) -> list[bytes]:
+def bodies(count: int, seed: int, size: int = INPUT_BYTES, esn_size: int = ESN_SIZE) -> list[str]:
     """``count`` distinct request bodies, each with its own ``size``-byte ASCII input."""
     rng = random.Random(seed)
     alphabet = string.ascii_letters + string.digits + " .,"
@@ -54,103 +54,17 @@ def bodies(count: int, seed: int, size: int = INPUT_BYTES, esn_size: int = ESN_S
     for _ in range(count):
         text = "".join(rng.choice(alphabet) for _ in range(size))
         body = {"input": text, "esn_size": esn_size, "enable_caching": False}
-        out.append(json.dumps(body).encode())
+        out.append(json.dumps(body))
     return out
 
 
-# --------------------------------------------------------------------------- load process
-
-
-class _Client(asyncio.Protocol):
-    """One keep-alive connection with one request in flight."""
-
-    def __init__(self, done: asyncio.Queue[tuple[_Client, int, float]]) -> None:
-        import httptools
-
-        self.parser = httptools.HttpResponseParser(self)
-        self.done = done
-        self.transport: asyncio.Transport | None = None
-        self.sent_at = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_message_complete(self) -> None:
-        self.done.put_nowait((self, self.parser.get_status_code(), time.perf_counter()))
-
-    def send(self, request: bytes) -> None:
-        assert self.transport is not None
-        self.sent_at = time.perf_counter()
-        self.transport.write(request)
-
-
-async def _closed_loop(port: int, concurrency: int, requests: list[bytes]) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Queue[tuple[_Client, int, float]] = asyncio.Queue()
-    clients = []
-    for _ in range(concurrency):
-        _, client = await loop.create_connection(lambda: _Client(done), "127.0.0.1", port)
-        clients.append(client)
-    pending = list(reversed(requests))
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    started = time.perf_counter()
-    for client in clients[: len(pending)]:
-        client.send(pending.pop())
-    in_flight = min(concurrency, len(requests))
-    while in_flight:
-        client, status, now = await done.get()
-        latencies.append(now - client.sent_at)
-        statuses[status] = statuses.get(status, 0) + 1
-        if pending:
-            client.send(pending.pop())
-        else:
-            in_flight -= 1
-    elapsed = time.perf_counter() - started
-    for client in clients:
-        assert client.transport is not None
-        client.transport.close()
-    return {"latencies_s": latencies, "statuses": statuses, "elapsed_s": elapsed}
-
-
-def load_main(spec: dict[str, Any]) -> None:
-    port = spec["port"]
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        "content-type: application/json\r\ncontent-length: {}\r\n\r\n"
-    )
-    made = bodies(
-        spec["requests"],
-        spec["seed"],
-        spec.get("input_bytes", INPUT_BYTES),
-        spec.get("esn_size", ESN_SIZE),
-    )
-    raw = [head.format(len(b)).encode() + b for b in made]
-    result = asyncio.run(_closed_loop(port, spec["concurrency"], raw))
-    print(json.dumps(result))
-
-
-def run_load(
-    port: int, concurrency: int, requests: int, seed: int, **options: int
-) -> dict[str, Any]:
-    spec = {"port": port, "concurrency": concurrency, "requests": requests, "seed": seed}
-    spec.update(options)  # input_bytes, esn_size
-    argv = [sys.executable, __file__, "--load", json.dumps(spec)]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_load(port: int, concurrency: int, requests: int, seed: int) -> dict[str, Any]:
+    """``requests`` distinct bodies over ``concurrency`` connections, from a separate process."""
+    spec = {"mode": "fixed", "port": port, "path": PATH, "concurrency": concurrency}
+    return run_loadgen({**spec, "bodies": bodies(requests, seed)}, timeout=600)
 
 
 # --------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -184,19 +98,13 @@ def server(batching: bool, directory: Path):
         log.close()
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def measure(batching: bool, plan: dict[int, int], directory: Path) -> list[dict[str, Any]]:
     rows = []
     with server(batching, directory) as port:
         run_load(port, 8, plan["warmup"], seed=999)  # builds the network, warms caches
         for level in LEVELS:
             result = run_load(port, level, plan[level], seed=level)
-            lat = result["latencies_s"]
+            lat = sorted(result["latencies_s"])
             ok = result["statuses"].get("200", 0)
             rows.append(
                 {
@@ -218,11 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few requests per level")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
     parser.add_argument("--rounds", type=int, default=None, help="on/off rounds (median)")
-    parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.load:
-        load_main(json.loads(args.load))
-        return 0
     plan = (
         {"warmup": 32, 1: 40, 8: 80, 64: 192}
         if args.quick

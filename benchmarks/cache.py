@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import arg_parser, print_table, write_json
+from _common import arg_parser, free_port, print_table, write_json
 from _loadgen import percentile, run_loadgen, summarise_ms
 
 HERE = Path(__file__).resolve().parent
@@ -50,14 +50,6 @@ SERVER_CPUS = [0]
 LOADGEN_CPUS = [1]
 ROUTED_HEADERS = {"accept": "application/json, */*;q=0.5"}
 TARGETS = {"l1_server_p50_ms": 1.0, "l1_throughput_ratio": 0.70}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def one_kb_input(rng: random.Random) -> str:

@@ -33,7 +33,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, write_json
+from _common import free_port, print_table, write_json
 from _loadgen import percentile, run_loadgen, summarise_ms
 
 HERE = Path(__file__).resolve().parent
@@ -133,12 +132,6 @@ def tree_cpu_seconds(root: int) -> float:
     """CPU seconds used so far by ``root`` and its descendants still alive."""
     stats = _proc_stats()
     return sum(stats[pid][2] for pid in _tree(root, stats) if pid in stats)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pinned(cpus: Sequence[int] | None) -> Callable[[], None] | None:
