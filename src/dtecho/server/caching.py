@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from dtecho import __version__
 from dtecho.cache import ResponseCache, ResultTier, cache_key, canonical_json
@@ -87,6 +88,27 @@ class RouteCache:
 
     def key(self, route: str, model: str | None, version: Any, params: Any) -> str:
         return cache_key(self.cache.namespace, route, model, version, params)
+
+    def request_key(
+        self,
+        request: Request,
+        body: BaseModel,
+        route: str,
+        model: str,
+        *,
+        version: Any = None,
+        default: bool = True,
+        exclude: frozenset[str] = frozenset(),
+    ) -> str | None:
+        """The key of ``body`` (every field but the cache's own and ``exclude``), or ``None``
+        when the request does not use the cache (see :meth:`wanted`; ``default`` says whether
+        it does unless it asks otherwise). ``version`` defaults to the model's."""
+        if not self.wanted(request, getattr(body, "enable_caching", None), default):
+            return None
+        params = body.model_dump(mode="json", exclude=CACHE_FIELDS | exclude)
+        if version is None:
+            version = self.model_version(model)
+        return self.key(route, model, version, params)
 
     @staticmethod
     def wanted(request: Request, enable_caching: bool | None, default: bool) -> bool:
@@ -172,9 +194,8 @@ class RouteCache:
     ) -> Response:
         hit = await self.cache.get(key)
         if hit is not None:
-            frames = [bytes(frame) for frame in hit.value["frames"]]
             return StreamingResponse(
-                _replay(frames),
+                _replay(hit.value["frames"]),
                 media_type=hit.value["media_type"],
                 headers={**SSE_HEADERS, CACHE_HEADER: _LABELS[hit.tier]},
             )

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dtecho.dtesn import bseries, trees
-from dtecho.server.caching import CACHE_FIELDS, CACHE_HEADER, DTESN_MODEL, XCache
+from dtecho.server.caching import CACHE_HEADER, DTESN_MODEL, XCache
 from dtecho.server.negotiation import negotiate, render_encoded
 from dtecho.server.protocol_dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
 from dtecho.server.routes.openai import chat_response
@@ -23,11 +23,7 @@ router = APIRouter(prefix="/v1/dtesn", tags=["dtesn"])
 async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, XCache]:
     """The JSON of one processing result, through the response cache."""
     state = get_state(request)
-    key = None
-    if state.cache.wanted(request, body.enable_caching, True):
-        params = body.model_dump(mode="json", exclude=set(CACHE_FIELDS))
-        version = state.cache.model_version(DTESN_MODEL)
-        key = state.cache.key("/v1/dtesn/process", DTESN_MODEL, version, params)
+    key = state.cache.request_key(request, body, "/v1/dtesn/process", DTESN_MODEL)
     return await state.cache.json(
         key,
         lambda: state.dtesn.process(body),
@@ -62,11 +58,7 @@ async def batch(body: BatchRequest, request: Request) -> Response:
     Cached as a whole (``X-Cache``)."""
     state = get_state(request)
     options = body.model_copy(update={"inputs": []})
-    key = None
-    if state.cache.wanted(request, body.enable_caching, True):
-        params = body.model_dump(mode="json", exclude=set(CACHE_FIELDS))
-        version = state.cache.model_version(DTESN_MODEL)
-        key = state.cache.key("/v1/dtesn/batch", DTESN_MODEL, version, params)
+    key = state.cache.request_key(request, body, "/v1/dtesn/batch", DTESN_MODEL)
     encoded, tier = await state.cache.json(
         key,
         lambda: state.dtesn.batch(body.inputs, options),

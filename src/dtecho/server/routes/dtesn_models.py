@@ -131,12 +131,12 @@ async def predict(model_id: str, body: PredictRequest, request: Request) -> Resp
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
     cache = get_state(request).cache
-    key = None
-    if cache.wanted(request, body.enable_caching, True):
-        # The version is part of the key: an update makes new keys, never a stale answer.
-        version = service.get(model_id)["version"]
-        params = {"inputs": body.inputs, "horizon": body.horizon}
-        key = cache.key("/v1/dtesn/models/predict", model_id, version, params)
+    # The version is part of the key: an update makes new keys, never a stale answer.
+    version = service.get(model_id)["version"]
+    key = cache.request_key(
+        request, body, "/v1/dtesn/models/predict", model_id,
+        version=version, exclude=frozenset({"stream"}),
+    )  # fmt: skip
     encoded, tier = await cache.json(
         key,
         lambda: service.predict(model_id, inputs, body.horizon),

@@ -83,10 +83,10 @@ async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Respon
     """The answer to ``body``, through the response cache where the request allows it."""
     cache = get_state(request).cache
     get_state(request).models.get(body.model)  # an unknown model is a 404, never a cache miss
-    key = None
-    if cache.wanted(request, body.enable_caching, _deterministic(body)):
-        params = body.model_dump(mode="json", exclude={*CACHE_FIELDS, "user"})
-        key = cache.key(f"/v1/{endpoint}", body.model, cache.model_version(body.model), params)
+    key = cache.request_key(
+        request, body, f"/v1/{endpoint}", body.model,
+        default=_deterministic(body), exclude=frozenset({"user"}),
+    )  # fmt: skip
     return await cache.response(
         key,
         lambda: _compute(request, body, endpoint),
