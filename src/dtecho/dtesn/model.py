@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from .reservoir import ESPReport, Reservoir, build_weights
 
 __all__ = ["DTESN", "NotFittedError"]
 
-_CHUNK_BYTES = 32 * 2**20  # states that fit and predict hold at once (see _state_chunks)
+_CHUNK_BYTES = 16 * 2**20  # states that fit and predict hold at once (see _state_chunks)
 FORMAT = "dtecho.dtesn"
 FORMAT_VERSION = 1
 # build_weights' keyword-only arguments are named like our parameters (but for the radius)
@@ -137,7 +138,9 @@ class DTESN:
       dtype: "float64" or "float32" for the state dynamics (readout math stays float64).
       tau_scaling: τ of level k is tau_scaling^(k−1)·τ_skin (> 1: inner membranes slower).
       coupling / feedback: scale of parent→child / child→parent blocks (feedback 0 = none).
-      weights: "random" (sparse Gaussian) or "orthogonal" blocks. activation: "tanh" or
+      weights: "random" (sparse Gaussian), "grouped" (the same, but each aligned group of
+        16 units shares its input columns, with independent values: one sequence then runs
+        ~4× faster in the compiled kernel) or "orthogonal" blocks. activation: "tanh" or
         "identity" (linear reservoir). forgetting, rls_delta: RLS factor λ and P₀ = I/δ for
         a partial_fit without prior fit (δ defaults to ridge). matrix_format: "auto",
         "dense" or "sparse" recurrent products. regularize_bias: penalise the intercept too.
@@ -228,7 +231,10 @@ class DTESN:
             (self.ridge >= 0, "ridge >= 0"),
             (self.input_to in ("skin", "all"), "input_to 'skin' or 'all'"),
             (self.dtype in ("float64", "float32"), "dtype 'float64' or 'float32'"),
-            (self.weights in ("random", "orthogonal"), "weights 'random' or 'orthogonal'"),
+            (
+                self.weights in ("random", "grouped", "orthogonal"),
+                "weights 'random', 'grouped' or 'orthogonal'",
+            ),
             (self.activation in ("tanh", "identity"), "activation 'tanh' or 'identity'"),
             (0 < self.forgetting <= 1, "forgetting in (0, 1]"),
             (self.matrix_format in ("auto", "dense", "sparse"), "matrix_format auto/dense/sparse"),
@@ -292,7 +298,12 @@ class DTESN:
         """(t0, S) for consecutive time windows: S (k, L, N) holds the states of steps
         t0 … t0+L−1 of the k sequences still running at t0 (a prefix: they are sorted by
         length). fit and predict consume these, so the (B, T, N) states never exist at once
-        (~32 MB at a time); every step is computed exactly as in one ``run``."""
+        (~32 MB at a time); every step is computed exactly as in one ``run``.
+
+        With the compiled kernels (which release the GIL) the next window is integrated on
+        a second thread while the caller consumes the current one, so fit's normal
+        equations (BLAS) and the state loop overlap; the results are the same bit for bit,
+        since each window still starts from the last state of the one before."""
         res = self._ensure_reservoir(batch.width)
         lengths = batch.lengths
         B, N = len(lengths), res.units
@@ -300,14 +311,28 @@ class DTESN:
         if initial_state is not None:
             x[:] = np.broadcast_to(initial_state, (B, N))[batch.order]
         span = max(16, _CHUNK_BYTES // (B * N * res.dtype.itemsize))
-        for t0 in range(0, int(lengths[0]), span):
+        starts = range(0, int(lengths[0]), span)
+
+        def window(t0: int) -> np.ndarray:
             k = int(np.count_nonzero(lengths > t0))
             L = min(span, int(lengths[0]) - t0)
             steps = np.minimum(lengths[:k] - t0, L)
             ragged = steps if steps[-1] < L else None
             S = res.run(batch.data[:k, t0 : t0 + L], x0=x[:k], lengths=ragged)
             x[:k] = S[np.arange(k), steps - 1]
-            yield t0, S
+            return S
+
+        if len(starts) == 1 or not res._compiled():
+            for t0 in starts:
+                yield t0, window(t0)
+            return
+        with ThreadPoolExecutor(1) as ahead:
+            pending = ahead.submit(window, starts[0])
+            for i, t0 in enumerate(starts):
+                S = pending.result()
+                if i + 1 < len(starts):
+                    pending = ahead.submit(window, starts[i + 1])
+                yield t0, S
 
     def run(self, X: Any, *, initial_state: np.ndarray | None = None) -> Any:
         """Reservoir states: (T, N), (B, T, N) or a list of (T_b, N), matching X."""

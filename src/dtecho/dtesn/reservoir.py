@@ -35,7 +35,7 @@ try:  # y += A·x for CSR without allocating; scipy's private kernel behind csr 
 except ImportError:  # pragma: no cover - only if scipy moves it; the public path still works
     _csr_matvec = None
 
-__all__ = ["ESPReport", "Reservoir", "build_weights", "spectral_radius"]
+__all__ = ["ESPReport", "Reservoir", "build_weights", "row_groups", "spectral_radius"]
 
 
 @functools.cache
@@ -52,6 +52,7 @@ def _numba_kernels() -> ModuleType | None:
 _DENSE_EIG_MAX = 128  # LAPACK eigvals below this size; ARPACK above (much faster at N ≥ 300)
 _DENSE_MAX_BYTES = 512 * 2**20  # never materialise a dense W larger than this
 _EXACT_PROJECT_MAX_D = 16  # inputs this narrow are projected column by column (see project)
+ROW_GROUP = 16  # rows per group of the row-group layout (``_kernels.GROUP``)
 
 
 def spectral_radius(W: np.ndarray | sps.sparray) -> float:
@@ -89,11 +90,29 @@ def _in_degree(connectivity: float, cols: int) -> int:
     return max(1, min(cols, round(connectivity * cols)))
 
 
-def _sparse_rows(rng: np.random.Generator, rows: int, cols: int, connectivity: float, scale: float):
+def _sparse_rows(
+    rng: np.random.Generator,
+    rows: int,
+    cols: int,
+    connectivity: float,
+    scale: float,
+    *,
+    group: int = 1,
+    row0: int = 0,
+):
     """COO triplets with exactly k = max(1, round(connectivity·cols)) N(0, scale²) entries per
-    row (fixed in-degree: no unit is left without recurrent input, even in tiny membranes)."""
+    row (fixed in-degree: no unit is left without recurrent input, even in tiny membranes).
+
+    ``group`` > 1: the rows whose network index (``row0`` + local row) falls in the same
+    aligned group of ``group`` units draw their k columns once, together (the values stay
+    independent), so W stores no zeros in the row-group layout (``row_groups``)."""
     k = _in_degree(connectivity, cols)
-    c = np.concatenate([rng.choice(cols, size=k, replace=False) for _ in range(rows)])
+    if group == 1:
+        c = np.concatenate([rng.choice(cols, size=k, replace=False) for _ in range(rows)])
+    else:
+        gid = (row0 + np.arange(rows)) // group
+        counts = np.unique(gid, return_counts=True)[1]
+        c = np.concatenate([np.tile(rng.choice(cols, size=k, replace=False), n) for n in counts])
     r = np.repeat(np.arange(rows), k)
     return r, c, rng.standard_normal(rows * k) * scale
 
@@ -102,6 +121,33 @@ def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
     """A Haar-random orthogonal matrix (QR of a Gaussian with the signs of R fixed)."""
     q, r = np.linalg.qr(rng.standard_normal((n, n)))
     return q * np.sign(np.diag(r))
+
+
+def _group_keys(W: sps.csr_array, group: int) -> np.ndarray:
+    """Sorted distinct (row group, column) pairs of W's entries, as group·N + column."""
+    rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
+    return np.unique((rows // group).astype(np.int64) * W.shape[1] + W.indices)
+
+
+def row_groups(
+    W: sps.csr_array, group: int = ROW_GROUP, dtype: np.dtype | str = np.float64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W (N, N) in the row-group layout of the compiled kernels: rows in aligned groups of
+    ``group``; group g's distinct columns, sorted, are ``cols[ptr[g]:ptr[g+1]]`` and the
+    value of row g·group + l at the j-th of them is ``vals[j·group + l]`` (0 where that row
+    has no entry there). Returns (ptr uint64, cols uint32, vals); ``vals.size / W.nnz`` is
+    the padding the layout costs (1 for a W drawn with ``weights="grouped"``)."""
+    W = sps.csr_array(W, copy=True)
+    W.sum_duplicates()
+    N, M = W.shape
+    keys = _group_keys(W, group)
+    ptr = np.zeros(-(-N // group) + 1, np.uint64)
+    np.cumsum(np.bincount(keys // M, minlength=ptr.size - 1), out=ptr[1:])
+    rows = np.repeat(np.arange(N), np.diff(W.indptr))
+    slot = np.searchsorted(keys, (rows // group).astype(np.int64) * M + W.indices)
+    vals = np.zeros(keys.size * group, dtype)
+    vals[slot * group + rows % group] = W.data
+    return ptr, (keys % M).astype(np.uint32), vals
 
 
 def build_weights(
@@ -122,8 +168,10 @@ def build_weights(
     """(W, W_in, b) for the network, float64: W (N, N) CSR, W_in (N, input_dim), b (N,).
 
     Each membrane draws from its own stream (``SeedSequence(seed).spawn``): its diagonal
-    block is random sparse Gaussian (``weights="random"``, fixed in-degree) or Haar
-    orthogonal (``"orthogonal"``, dense, connectivity ignored) and is first normalised to
+    block is random sparse Gaussian (``weights="random"``, fixed in-degree; ``"grouped"``,
+    the same but each aligned group of ``ROW_GROUP`` units shares its columns, the layout
+    the compiled one-sequence kernel runs fastest) or Haar orthogonal (``"orthogonal"``,
+    dense, connectivity ignored) and is first normalised to
     spectral radius 1; its coupling rows from the parent (scale ``coupling``) and its
     feedback columns to the parent (scale ``feedback``) have entries N(0, 1/k)·scale, k the
     in-degree, i.e. as strong as the membrane's own recurrence at scale 1. The whole matrix
@@ -132,6 +180,7 @@ def build_weights(
     (radius exactly max = 1 before scaling); with feedback it is computed on the whole W.
     """
     N = membranes[-1].stop
+    group = ROW_GROUP if weights == "grouped" else 1
     streams = np.random.SeedSequence(seed).spawn(len(membranes))
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
@@ -148,7 +197,7 @@ def build_weights(
             r, c = np.nonzero(np.ones((n, n), dtype=bool))
             v = block.ravel()
         else:
-            r, c, v = _sparse_rows(r_rec, n, n, connectivity, 1.0)
+            r, c, v = _sparse_rows(r_rec, n, n, connectivity, 1.0, group=group, row0=s0)
             rho = spectral_radius(sps.csr_array((v, (r, c)), shape=(n, n)))
             if rho > 0:  # a nilpotent draw (possible only for tiny blocks) stays as drawn
                 v = v / rho
@@ -160,11 +209,15 @@ def build_weights(
             p = membranes[m.parent]
             if coupling:  # rows of this membrane, columns of its parent
                 k = _in_degree(connectivity, p.units)
-                r, c, v = _sparse_rows(r_c, n, p.units, connectivity, coupling / np.sqrt(k))
+                r, c, v = _sparse_rows(
+                    r_c, n, p.units, connectivity, coupling / np.sqrt(k), group=group, row0=s0
+                )
                 rows.append(r + s0), cols.append(c + p.start), vals.append(v)
             if feedback:  # rows of the parent, columns of this membrane
                 k = _in_degree(connectivity, n)
-                r, c, v = _sparse_rows(r_c, p.units, n, connectivity, feedback / np.sqrt(k))
+                r, c, v = _sparse_rows(
+                    r_c, p.units, n, connectivity, feedback / np.sqrt(k), group=group, row0=p.start
+                )
                 rows.append(r + p.start), cols.append(c + s0), vals.append(v)
         if input_to == "all" or m.parent is None:
             w = r_in.uniform(-1.0, 1.0, size=(n, input_dim)) * scale_in
@@ -254,6 +307,8 @@ class Reservoir:
         self._dense_T: np.ndarray | None = None
         self._csr: sps.csr_array | None = None
         self._csr_u: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._group_entries: int | None = None
 
     # -- runtime matrices ---------------------------------------------------------------
 
@@ -279,13 +334,37 @@ class Reservoir:
         dense = gemm * N * N * batch + 5000.0
         if not compiled:  # SciPy's sparse products: only worth it for one sequence
             return batch > 1 or dense < 0.76 * nnz + 5000.0
-        # Numba kernels (no Python per step): one sequence, 0.4 per nonzero; batched, 1.7 per
-        # nonzero plus 0.10 (float64) or 0.04 (float32) per nonzero and sequence, and ~3 µs
-        # per step; both ~3 per unit and sequence for tanh, leak and (batched) transposes.
+        # Numba kernels (no Python per step): one sequence, see _single_sparse_cost; batched,
+        # 1.7 per nonzero plus 0.10 (float64) or 0.04 (float32) per nonzero and sequence, and
+        # ~3 µs per step; both ~3 per unit and sequence for tanh, leak, (batched) transposes.
         if batch == 1:
-            return dense < 0.4 * nnz + 3.0 * N
+            return dense < self._single_sparse_cost() + 3.0 * N
         per_nnz = 1.7 + (0.04 if f32 else 0.10) * batch
         return dense < per_nnz * nnz + 3.0 * N * batch + 3000.0
+
+    def _single_sparse_cost(self) -> float:
+        """Per-step cost (ns) of the compiled one-sequence product with the cheaper of the
+        CSR kernel (0.4 per nonzero) and the row-group kernel (0.08 per stored entry in
+        float64, 0.06 in float32, zeros included; see ``row_groups``). The row-group layout
+        is only considered while it stores at most twice the nonzeros: a padded layout also
+        outgrows the caches (a random 10 % dense W of 1000 units pads 8× and runs 5× slower)."""
+        csr = 0.4 * self.W.nnz
+        entries = self._row_group_entries()
+        if entries > 2 * self.W.nnz:
+            return csr
+        return min(csr, (0.06 if self.dtype == np.float32 else 0.08) * entries)
+
+    def _row_group_entries(self) -> int:
+        """Entries (zeros included) W takes in the row-group layout; counted once."""
+        if self._group_entries is None:
+            self._group_entries = _group_keys(sps.csr_array(self.W), ROW_GROUP).size * ROW_GROUP
+        return self._group_entries
+
+    def _use_groups(self) -> bool:
+        """Whether the one-sequence compiled loop runs on the row-group layout."""
+        if self.matrix_format == "sparse" or self.W.nnz == 0:
+            return False
+        return 0.4 * self.W.nnz > self._single_sparse_cost()
 
     def _matrices(self, dense: bool):
         if dense:
@@ -305,6 +384,12 @@ class Reservoir:
             c = self._matrices(False)
             self._csr_u = (c.indptr.astype(np.uint64), c.indices.astype(np.uint32), c.data)
         return self._csr_u
+
+    def _row_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """W in the row-group layout (``row_groups``) in the run dtype, built once."""
+        if self._groups is None:
+            self._groups = row_groups(self.W, ROW_GROUP, self.dtype)
+        return self._groups
 
     # -- dynamics -----------------------------------------------------------------------
 
@@ -409,7 +494,13 @@ class Reservoir:
         tanh = self.activation == "tanh"
         if P.shape[0] == 1:
             steps = sum(1 for k in active if k)
-            kernels.euler_csr_single(ip, ix, data, P[0], x[0], a, tanh, leaky, steps)
+            if self._use_groups():
+                gp, gc, gv = self._row_groups()
+                kernels.call_slp(
+                    kernels.euler_grouped_single, gp, gc, gv, P[0], x[0], a, tanh, leaky, steps
+                )
+            else:
+                kernels.euler_csr_single(ip, ix, data, P[0], x[0], a, tanh, leaky, steps)
             return
         steps = np.asarray(active, dtype=np.int64)
         fused = U is not None

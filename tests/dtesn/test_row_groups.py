@@ -1,0 +1,147 @@
+"""The row-group layout of W and its compiled one-sequence kernel, and ``weights="grouped"``.
+
+The layout stores, per aligned group of 16 rows, one sorted list of columns and a block of
+values with zeros where a row has no entry. The kernel sums every row in column order
+starting from the projected input, like the CSR kernels, and the stored zeros add nothing,
+so its states must equal the CSR kernel's bit for bit, whatever W is.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+
+from dtecho.dtesn import DTESN
+from dtecho.dtesn import model as model_module
+from dtecho.dtesn.reservoir import ROW_GROUP, row_groups, spectral_radius
+
+RNG = np.random.default_rng(5)
+U = RNG.uniform(-1, 1, size=(400, 2))
+
+LAYOUTS = [
+    pytest.param({"units": 100, "weights": "random"}, id="random-padded-partial-group"),
+    pytest.param({"units": 160, "weights": "grouped"}, id="grouped"),
+    pytest.param({"units": 203, "weights": "grouped", "leak_rate": 0.4}, id="grouped-odd-N"),
+    pytest.param(
+        {"units": 150, "depth": 3, "weights": "grouped", "tau_scaling": 2.0, "feedback": 0.3},
+        id="grouped-tree",
+    ),
+    pytest.param({"units": 48, "weights": "orthogonal", "activation": "identity"}, id="dense"),
+]
+
+
+def _built(**kw) -> DTESN:
+    model = DTESN(seed=3, bias_scaling=0.3, **kw)
+    model.run(U[:2])
+    return model
+
+
+def _dense_from_groups(ptr, cols, vals, n: int, m: int | None = None) -> np.ndarray:
+    out = np.zeros((-(-n // ROW_GROUP) * ROW_GROUP, n if m is None else m))
+    for g in range(ptr.size - 1):
+        for j in range(int(ptr[g]), int(ptr[g + 1])):
+            out[g * ROW_GROUP : (g + 1) * ROW_GROUP, cols[j]] = vals[
+                j * ROW_GROUP : (j + 1) * ROW_GROUP
+            ]
+    return out[:n]
+
+
+@pytest.mark.parametrize("kw", LAYOUTS)
+def test_layout_holds_exactly_w(kw):
+    W = _built(**kw).reservoir_.W
+    ptr, cols, vals = row_groups(W)
+    assert ptr.dtype == np.uint64 and cols.dtype == np.uint32
+    assert np.all(np.diff(ptr.astype(np.int64)) >= 0)
+    for g in range(ptr.size - 1):  # each group's columns sorted and distinct
+        assert np.all(np.diff(cols[int(ptr[g]) : int(ptr[g + 1])].astype(np.int64)) > 0)
+    np.testing.assert_array_equal(_dense_from_groups(ptr, cols, vals, W.shape[0]), W.toarray())
+
+
+def test_duplicate_entries_are_summed():
+    W = sps.csr_array(
+        (np.array([1.0, 2.0, 4.0]), np.array([3, 3, 0]), np.array([0, 2, 3, 3])), shape=(3, 5)
+    )
+    ptr, cols, vals = row_groups(W)
+    dense = np.zeros((3, 5))
+    dense[0, 3], dense[1, 0] = 3.0, 4.0
+    np.testing.assert_array_equal(_dense_from_groups(ptr, cols, vals, 3, 5), dense)
+
+
+def test_grouped_weights_share_columns_not_values():
+    model = _built(units=128, weights="grouped", connectivity=0.25)
+    W = model.reservoir_.W
+    k = round(0.25 * 128)
+    assert np.all(np.diff(W.indptr) == k)  # fixed in-degree, as for "random"
+    for g in range(128 // ROW_GROUP):
+        rows = [W.indices[W.indptr[i] : W.indptr[i + 1]] for i in range(g * 16, g * 16 + 16)]
+        assert all(np.array_equal(rows[0], r) for r in rows)
+        values = W.toarray()[g * 16 : g * 16 + 16][:, rows[0]]
+        assert len(np.unique(values)) == values.size  # independent draws
+    assert row_groups(W)[2].size == W.nnz  # no padding at all
+    assert spectral_radius(W) == pytest.approx(model.spectral_radius, rel=1e-9)
+    other = _built(units=128, weights="random", connectivity=0.25).reservoir_.W
+    assert row_groups(other)[2].size > 3 * other.nnz  # a random W pads heavily
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kw", LAYOUTS)
+def test_kernel_is_bit_identical_to_the_csr_kernel_and_close_to_scipy(kw, dtype):
+    pytest.importorskip("numba")
+    from dtecho.dtesn import _kernels
+
+    res = _built(backend="numba", dtype=dtype, **kw).reservoir_
+    P = res.project(U[None])[0]
+    x0 = RNG.uniform(-0.5, 0.5, size=res.units).astype(dtype)
+    a = res.leak.astype(res.dtype)
+    tanh, leaky = res.activation == "tanh", not np.all(a == 1.0)
+    grouped, csr = P.copy(), P.copy()
+    _kernels.call_slp(
+        _kernels.euler_grouped_single, *res._row_groups(), grouped, x0, a, tanh, leaky, len(U)
+    )
+    _kernels.euler_csr_single(*res._csr_unsigned(), csr, x0, a, tanh, leaky, len(U))
+    np.testing.assert_array_equal(grouped, csr)
+    numpy_model = _built(backend="numpy", matrix_format="sparse", dtype=dtype, **kw)
+    atol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(grouped, numpy_model.run(U, initial_state=x0), rtol=0, atol=atol)
+
+
+def test_auto_runs_grouped_weights_on_the_layout_and_batches_agree():
+    pytest.importorskip("numba")
+    model = DTESN(320, weights="grouped", leak_rate=0.6, seed=1)
+    batch = RNG.uniform(-1, 1, size=(9, 120, 1))
+    S = model.run(batch)  # batched: the CSR batch kernel
+    res = model.reservoir_
+    assert res._compiled() and res._use_groups()
+    assert not res._use_dense(1, True) and not res._use_dense(9, True)
+    for b in (0, 4, 8):
+        np.testing.assert_array_equal(model.run(batch[b]), S[b])
+    assert not DTESN(320, seed=1).fit(batch[0], batch[0]).reservoir_._use_groups()
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fit_and_predict_across_many_windows_match_one_run(monkeypatch, backend):
+    """fit and predict integrate in windows (the next one on a second thread when compiled);
+    a window that did not start from the previous one's last state would show here."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setattr(model_module, "_CHUNK_BYTES", 64 * 8 * 37)  # 37-step windows
+    X = RNG.uniform(-1, 1, size=(1000, 1))
+    Y = np.roll(X, 2, axis=0)
+    kw = {
+        "weights": "grouped",
+        "seed": 2,
+        "backend": backend,
+        "leak_rate": 1.0,
+        "input_scaling": 0.3,
+    }
+    model = DTESN(64, **kw).fit(X, Y, warmup=50)
+    S = model.run(X)
+    np.testing.assert_allclose(model.predict(X), model.readout_.predict([X, S]), rtol=0, atol=1e-12)
+    whole = DTESN(64, **kw)
+    monkeypatch.setattr(model_module, "_CHUNK_BYTES", 2**30)
+    whole.fit(X, Y, warmup=50)
+    # the same rows in other sums: equal to rounding (the coefficients themselves amplify
+    # rounding by the conditioning of the normal equations)
+    np.testing.assert_allclose(model.readout_.gram_, whole.readout_.gram_, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(model.predict(X), whole.predict(X), rtol=0, atol=1e-6)
+    nrmse = np.sqrt(np.mean((model.predict(X)[50:] - Y[50:]) ** 2)) / Y.std()
+    assert nrmse < 0.05  # recalls u(t−2)
