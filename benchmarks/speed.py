@@ -3,7 +3,14 @@
 (a) One sequence: fit (ridge, warm-up 100) then predict on the same 50,000 steps, 1000 units,
     W 10 % dense (ReservoirPy's default rc_connectivity = 0.1), leak 1, spectral radius 0.9.
     Target: faster than ReservoirPy, and under 1.72 s (ReservoirPy's published JAX figure,
-    whose exact configuration we do not know).
+    whose exact configuration we do not know). Two W of the same density: ``random`` (each
+    unit draws its own 100 inputs; CSR kernel) and ``grouped`` (each aligned group of 16
+    units shares its 100 input columns, values independent; the SIMD row-group kernel).
+    ReservoirPy integrates each W as given, so each pair of rows is the same network.
+    DTESN's fit and predict integrate the next window of steps on a second thread while the
+    current one goes through the readout (the kernels release the GIL), so with Numba
+    DTESN uses up to two cores here; ``taskset -c 0 python benchmarks/speed.py --parts a``
+    gives the one-core figures.
 (b) 64 sequences × 2000 steps, 500 units: reservoir states of all sequences. State updates
     per second B·T·N/s and the "dense-equivalent" rate 2·B·N²·T flop/s, set against this
     machine's dense matrix-product rate measured in the same run. With a 10 % dense W a
@@ -81,14 +88,19 @@ def check_same_states(model: DTESN, node: Reservoir, U: np.ndarray, tol: float) 
     return err
 
 
-def single_sequence(T: int, N: int, repeats: int, dtypes=DTYPES) -> list[dict]:
+WEIGHTS = ("random", "grouped")
+
+
+def single_sequence(
+    T: int, N: int, repeats: int, dtypes=DTYPES, weights=WEIGHTS, numpy_backend: bool = True
+) -> list[dict]:
     rng = np.random.default_rng(0)
     X = rng.uniform(-1.0, 1.0, size=(T, 1))
     Y = np.roll(X, 1, axis=0)  # recall u(t-1): cheap, and checks the fit did real work
     rows = []
-    for dtype in dtypes:
+    for dtype, w in itertools.product(dtypes, weights):
         ref = None
-        for backend in backends():
+        for backend in backends() if numpy_backend else backends()[:1]:
             model = DTESN(
                 N,
                 connectivity=0.1,
@@ -97,6 +109,7 @@ def single_sequence(T: int, N: int, repeats: int, dtypes=DTYPES) -> list[dict]:
                 ridge=RIDGE,
                 dtype=dtype,
                 backend=backend,
+                weights=w,
             )
             model.fit(X[:500], Y[:500], warmup=100)  # builds W, compiles kernels
 
@@ -111,6 +124,8 @@ def single_sequence(T: int, N: int, repeats: int, dtypes=DTYPES) -> list[dict]:
                 {
                     "library": "dtesn",
                     "backend": backend,
+                    "weights": w,
+                    "kernel": kernel_name(model),
                     "dtype": dtype,
                     "best_s": t["best_s"],
                     "median_s": t["median_s"],
@@ -135,6 +150,7 @@ def single_sequence(T: int, N: int, repeats: int, dtypes=DTYPES) -> list[dict]:
             {
                 "library": "reservoirpy",
                 "backend": "numpy",
+                "weights": w,
                 "dtype": dtype,
                 "best_s": t["best_s"],
                 "median_s": t["median_s"],
@@ -144,6 +160,16 @@ def single_sequence(T: int, N: int, repeats: int, dtypes=DTYPES) -> list[dict]:
             }
         )
     return rows
+
+
+def kernel_name(model: DTESN) -> str:
+    """Which loop ran one sequence: compiled row-group or CSR kernel, BLAS, or SciPy."""
+    res = model.reservoir_
+    if res._use_dense(1, res._compiled()):
+        return "dense"
+    if not res._compiled():
+        return "scipy-csr"
+    return "row-group" if res._use_groups() else "csr"
 
 
 def batched(B: int, T: int, N: int, connectivity: float, repeats: int, dtypes=DTYPES) -> list[dict]:
@@ -241,6 +267,12 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=("a", "b"), default=["a", "b"])
     parser.add_argument("--connectivity", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    parser.add_argument("--weights", nargs="+", choices=WEIGHTS, default=list(WEIGHTS))
+    parser.add_argument(
+        "--no-numpy-backend",
+        action="store_true",
+        help="(a): skip DTESN's NumPy loop (~20 s per repeat) when Numba is installed",
+    )
     args = parser.parse_args()
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
@@ -255,10 +287,22 @@ def main() -> None:
     single: list[dict] = []
     rows_b: list[dict] = []
     if "a" in args.parts:
-        single = single_sequence(T1, N1, repeats, args.dtypes)
+        single = single_sequence(
+            T1, N1, repeats, args.dtypes, args.weights, not args.no_numpy_backend
+        )
         print_table(
             single,
-            ["library", "backend", "dtype", "best_s", "median_s", "us_per_step", "nrmse_delay1"],
+            [
+                "library",
+                "weights",
+                "backend",
+                "kernel",
+                "dtype",
+                "best_s",
+                "median_s",
+                "us_per_step",
+                "nrmse_delay1",
+            ],
             f"(a) fit + predict, one sequence of {T1} steps, {N1} units, W 10% dense",
         )
     if "b" in args.parts:
@@ -326,18 +370,19 @@ def targets(single, rows_b, gemm, dtypes, connectivities) -> list[dict]:
     fastest way, one core each; and, where several cores exist, all cores for both."""
     summary = []
     for dtype in dtypes:
-        ours_a = [r for r in single if r["library"] == "dtesn" and r["dtype"] == dtype]
-        if ours_a:
+        for w in WEIGHTS:
+            same = [r for r in single if r["dtype"] == dtype and r["weights"] == w]
+            ours_a = [r for r in same if r["library"] == "dtesn"]
+            if not ours_a:
+                continue
             ours = min(ours_a, key=lambda r: r["best_s"])
-            theirs = next(
-                r for r in single if r["library"] == "reservoirpy" and r["dtype"] == dtype
-            )
+            theirs = next(r for r in same if r["library"] == "reservoirpy")
             summary.append(
                 {
-                    "test": "(a) fit+predict",
+                    "test": f"(a) fit+predict, {w} W",
                     "dtype": dtype,
                     "dtesn_s": ours["best_s"],
-                    "dtesn_way": ours["backend"],
+                    "dtesn_way": f"{ours['backend']} {ours['kernel']}",
                     "reservoirpy_s": theirs["best_s"],
                     "speedup": theirs["best_s"] / ours["best_s"],
                     "faster_than_reservoirpy": ours["best_s"] < theirs["best_s"],

@@ -140,7 +140,7 @@ class DTESN:
       coupling / feedback: scale of parent→child / child→parent blocks (feedback 0 = none).
       weights: "random" (sparse Gaussian), "grouped" (the same, but each aligned group of
         16 units shares its input columns, with independent values: one sequence then runs
-        ~4× faster in the compiled kernel) or "orthogonal" blocks. activation: "tanh" or
+        ~3.5× faster in the compiled kernel) or "orthogonal" blocks. activation: "tanh" or
         "identity" (linear reservoir). forgetting, rls_delta: RLS factor λ and P₀ = I/δ for
         a partial_fit without prior fit (δ defaults to ridge). matrix_format: "auto",
         "dense" or "sparse" recurrent products. regularize_bias: penalise the intercept too.
@@ -298,7 +298,7 @@ class DTESN:
         """(t0, S) for consecutive time windows: S (k, L, N) holds the states of steps
         t0 … t0+L−1 of the k sequences still running at t0 (a prefix: they are sorted by
         length). fit and predict consume these, so the (B, T, N) states never exist at once
-        (~32 MB at a time); every step is computed exactly as in one ``run``.
+        (~16 MB at a time); every step is computed exactly as in one ``run``.
 
         With the compiled kernels (which release the GIL) the next window is integrated on
         a second thread while the caller consumes the current one, so fit's normal
