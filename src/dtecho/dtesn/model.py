@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +22,7 @@ import scipy.sparse as sps
 from . import bseries
 from .membranes import Membrane, build_membranes
 from .readout import RidgeReadout, RLSReadout, readout_from_state
-from .reservoir import ESPReport, Reservoir, build_weights
+from .reservoir import ROW_GROUP, ESPReport, Reservoir, build_weights
 
 __all__ = ["DTESN", "NotFittedError"]
 
@@ -245,6 +246,23 @@ class DTESN:
             if not ok:
                 raise ValueError(f"invalid parameter: need {what}; got {self!r}")
         self._tableau(), self._substeps()
+        if self.weights == "grouped":
+            # a group's rows all draw from the same k columns, so its block has rank <= k
+            short = [
+                m
+                for m in self.membranes
+                if round(self.connectivity * m.units) < min(ROW_GROUP, m.units)
+            ]
+            if short:
+                k = max(1, round(self.connectivity * short[0].units))
+                warnings.warn(
+                    f"weights='grouped' with {k} recurrent inputs per unit (membrane "
+                    f"{short[0].id}): every group of {ROW_GROUP} units shares those {k} "
+                    "columns, so W loses rank and the reservoir memory; raise connectivity "
+                    f"so that connectivity * units >= {ROW_GROUP}, or use weights='random'",
+                    UserWarning,
+                    stacklevel=5,  # the caller of fit / run / predict
+                )
 
     @property
     def membranes(self) -> tuple[Membrane, ...]:

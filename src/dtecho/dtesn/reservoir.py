@@ -105,14 +105,23 @@ def _sparse_rows(
 
     ``group`` > 1: the rows whose network index (``row0`` + local row) falls in the same
     aligned group of ``group`` units draw their k columns once, together (the values stay
-    independent), so W stores no zeros in the row-group layout (``row_groups``)."""
+    independent), so W stores no zeros in the row-group layout (``row_groups``). Each group
+    takes k of the columns the groups before it used least (ties at random): independent
+    draws would leave a column unused with probability (1 − k/cols)^groups (12 % at 320
+    units, 10 % dense), a unit feeding nothing back and a rank W does not have."""
     k = _in_degree(connectivity, cols)
     if group == 1:
         c = np.concatenate([rng.choice(cols, size=k, replace=False) for _ in range(rows)])
     else:
         gid = (row0 + np.arange(rows)) // group
         counts = np.unique(gid, return_counts=True)[1]
-        c = np.concatenate([np.tile(rng.choice(cols, size=k, replace=False), n) for n in counts])
+        used = np.zeros(cols)
+        picks = []
+        for n in counts:
+            pick = np.sort(np.argpartition(used + rng.random(cols), k - 1)[:k])
+            used[pick] += 1
+            picks.append(np.tile(pick, n))
+        c = np.concatenate(picks)
     r = np.repeat(np.arange(rows), k)
     return r, c, rng.standard_normal(rows * k) * scale
 
