@@ -91,6 +91,14 @@ def check_same_states(model: DTESN, node: Reservoir, U: np.ndarray, tol: float) 
 WEIGHTS = ("random", "grouped")
 
 
+def network(N: int, dtype: str, backend: str, **kw) -> DTESN:
+    """The benchmarked DTESN: leak 1, spectral radius 0.9, 10 % dense unless ``kw`` says."""
+    kw = {"connectivity": 0.1, **kw}
+    return DTESN(
+        N, spectral_radius=SPECTRAL_RADIUS, leak_rate=1.0, dtype=dtype, backend=backend, **kw
+    )
+
+
 def single_sequence(
     T: int, N: int, repeats: int, dtypes=DTYPES, weights=WEIGHTS, numpy_backend: bool = True
 ) -> list[dict]:
@@ -101,16 +109,7 @@ def single_sequence(
     for dtype, w in itertools.product(dtypes, weights):
         ref = None
         for backend in backends() if numpy_backend else backends()[:1]:
-            model = DTESN(
-                N,
-                connectivity=0.1,
-                spectral_radius=SPECTRAL_RADIUS,
-                leak_rate=1.0,
-                ridge=RIDGE,
-                dtype=dtype,
-                backend=backend,
-                weights=w,
-            )
+            model = network(N, dtype, backend, ridge=RIDGE, weights=w)
             model.fit(X[:500], Y[:500], warmup=100)  # builds W, compiles kernels
 
             def work(model=model):
@@ -189,15 +188,8 @@ def batched(B: int, T: int, N: int, connectivity: float, repeats: int, dtypes=DT
     for dtype in dtypes:
         ref = None
         for backend, n_jobs, fmt in variants:
-            model = DTESN(
-                N,
-                connectivity=connectivity,
-                spectral_radius=SPECTRAL_RADIUS,
-                leak_rate=1.0,
-                dtype=dtype,
-                backend=backend,
-                n_jobs=n_jobs,
-                matrix_format=fmt,
+            model = network(
+                N, dtype, backend, connectivity=connectivity, n_jobs=n_jobs, matrix_format=fmt
             )
             t = timed(lambda model=model: model.run(X), repeats)
             res = model.reservoir_

@@ -25,8 +25,8 @@ csr_matvec does), so a sequence gets bit-identical states alone or in any batch
     sorted list of columns and a (columns × 16) block of values, zero where a row lacks the
     column. Each step then multiplies a 16-row block by a broadcast state value, which LLVM
     turns into SIMD products without gathers; a W drawn with ``weights="grouped"`` (every
-    group shares its inputs) stores no zeros at all and steps ~3.5× faster than the CSR kernel
-    (1000 units, 10 % dense: ~10.5 µs against ~36 µs per step, tanh included).
+    group shares its inputs) stores no zeros at all and steps several times faster than the
+    CSR kernel (``benchmarks/speed.py --parts a`` compares the two on the same density).
     Adding a stored zero leaves a sum unchanged, so the rows are summed in exactly the CSR
     order and the states are bit-identical to ``euler_csr_single``/``euler_csr_batch``.
 

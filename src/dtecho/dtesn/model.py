@@ -141,9 +141,10 @@ class DTESN:
       coupling / feedback: scale of parent→child / child→parent blocks (feedback 0 = none).
       weights: "random" (sparse Gaussian), "grouped" (the same, but each aligned group of
         16 units shares its input columns, with independent values: one sequence then runs
-        ~3.5× faster in the compiled kernel) or "orthogonal" blocks. activation: "tanh" or
-        "identity" (linear reservoir). forgetting, rls_delta: RLS factor λ and P₀ = I/δ for
-        a partial_fit without prior fit (δ defaults to ridge). matrix_format: "auto",
+        several times faster in the compiled kernel; needs connectivity·units >= 16) or
+        "orthogonal" blocks. activation: "tanh" or "identity" (linear reservoir).
+        forgetting, rls_delta: RLS factor λ and P₀ = I/δ for a partial_fit without prior fit
+        (δ defaults to ridge). matrix_format: "auto",
         "dense" or "sparse" recurrent products. regularize_bias: penalise the intercept too.
       backend: "auto" (compiled Numba kernels for the Euler loop when the ``fast`` extra is
         installed), "numpy" or "numba"; the choice changes speed, not results (to ~1e-15).
