@@ -168,7 +168,7 @@ def kernel_name(model: DTESN) -> str:
         return "dense"
     if not res._compiled():
         return "scipy-csr"
-    return "row-group" if res._use_groups() else "csr"
+    return "row-group" if res._use_groups(1) else "csr"
 
 
 def batched(B: int, T: int, N: int, connectivity: float, repeats: int, dtypes=DTYPES) -> list[dict]:

@@ -97,9 +97,7 @@ def test_kernel_is_bit_identical_to_the_csr_kernel_and_close_to_scipy(kw, dtype)
     a = res.leak.astype(res.dtype)
     tanh, leaky = res.activation == "tanh", not np.all(a == 1.0)
     grouped, csr = P.copy(), P.copy()
-    _kernels.call_slp(
-        _kernels.euler_grouped_single, *res._row_groups(), grouped, x0, a, tanh, leaky, len(U)
-    )
+    _kernels.euler_grouped_single(*res._row_groups(), grouped, x0, a, tanh, leaky, len(U))
     _kernels.euler_csr_single(*res._csr_unsigned(), csr, x0, a, tanh, leaky, len(U))
     np.testing.assert_array_equal(grouped, csr)
     numpy_model = _built(backend="numpy", matrix_format="sparse", dtype=dtype, **kw)
@@ -111,13 +109,102 @@ def test_auto_runs_grouped_weights_on_the_layout_and_batches_agree():
     pytest.importorskip("numba")
     model = DTESN(320, weights="grouped", leak_rate=0.6, seed=1)
     batch = RNG.uniform(-1, 1, size=(9, 120, 1))
-    S = model.run(batch)  # batched: the CSR batch kernel
+    S = model.run(batch)
     res = model.reservoir_
-    assert res._compiled() and res._use_groups()
+    assert res._compiled() and res._use_groups(1) and res._use_groups(9)
     assert not res._use_dense(1, True) and not res._use_dense(9, True)
     for b in (0, 4, 8):
         np.testing.assert_array_equal(model.run(batch[b]), S[b])
-    assert not DTESN(320, seed=1).fit(batch[0], batch[0]).reservoir_._use_groups()
+    plain = DTESN(320, seed=1).fit(batch[0], batch[0]).reservoir_
+    assert not plain._use_groups(1) and not plain._use_groups(9)  # random W pads 7×
+
+
+# Batches around the register tile of 16 sequences: one short of a tile, a tile and a bit,
+# and lengths that end sequences inside a tile and across tile boundaries.
+BATCH_LENGTHS = [
+    pytest.param([90] * 15, id="15"),
+    pytest.param([90] * 37, id="37"),
+    pytest.param(
+        [90, 90, 88, 80, 80, 61, 50, 50, 40, 33, 33, 33, 20, 17, 16, 9, 5, 1], id="ragged"
+    ),
+]
+
+
+def _batched_kernels(res, U: np.ndarray, lengths, x0: np.ndarray):
+    """States of the padded batch U from the row-group and the CSR batch kernels, each
+    projecting the inputs itself (fused) and from given projections."""
+    from dtecho.dtesn import _kernels
+
+    a = res.leak.astype(res.dtype)
+    tanh, leaky = res.activation == "tanh", not np.all(a == 1.0)
+    steps = np.array([sum(t < L for L in lengths) for t in range(U.shape[1])], np.int64)
+    WinT = np.ascontiguousarray(res.W_in.T, dtype=res.dtype)
+    bias = res.bias.astype(res.dtype)
+    fused = (U.astype(res.dtype), WinT, bias, True, bool(res.bias.any()))
+    given = (np.zeros((len(U), 1, 1), res.dtype), np.zeros((1, 1), res.dtype), a, False, False)
+    out = {}
+    for name, layout, kernel in (
+        ("grouped", res._row_groups(), _kernels.euler_grouped_batch),
+        ("csr", res._csr_unsigned(), _kernels.euler_csr_batch),
+    ):
+        for how, inputs in (("fused", fused), ("given", given)):
+            P = res.project(U)
+            kernel(*layout, P, x0.copy(), a, tanh, leaky, steps, *inputs)
+            out[name, how] = P
+    return out
+
+
+@pytest.mark.parametrize("lengths", BATCH_LENGTHS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kw", LAYOUTS)
+def test_batched_row_group_kernel_is_bit_identical_to_csr_and_to_each_sequence_alone(
+    kw, dtype, lengths
+):
+    pytest.importorskip("numba")
+    from dtecho.dtesn import _kernels
+
+    res = _built(backend="numba", dtype=dtype, **kw).reservoir_
+    B, T = len(lengths), max(lengths)
+    U = RNG.uniform(-1, 1, size=(B, T, 2))
+    x0 = RNG.uniform(-0.5, 0.5, size=(B, res.units)).astype(dtype)
+    out = _batched_kernels(res, U, lengths, x0)
+    grouped = out["grouped", "fused"]
+    for key, states in out.items():
+        for b, L in enumerate(lengths):
+            np.testing.assert_array_equal(states[b, :L], grouped[b, :L], err_msg=str(key))
+    a = res.leak.astype(res.dtype)
+    tanh, leaky = res.activation == "tanh", not np.all(a == 1.0)
+    for b, L in enumerate(lengths):  # each sequence alone, through the one-sequence kernel
+        alone = res.project(U[b : b + 1, :L])[0]
+        _kernels.euler_csr_single(*res._csr_unsigned(), alone, x0[b].copy(), a, tanh, leaky, L)
+        np.testing.assert_array_equal(alone, grouped[b, :L])
+        assert np.all(np.isfinite(grouped[b, :L]))
+    # the inner products ran as compiled with SLP (else they would be scalar, and slow)
+    for function in (_kernels.grouped_tiles, _kernels._grouped_matvec_add):
+        assert all((function, tuple(sig)) in _kernels._compiled for sig in function.signatures)
+    numpy_model = _built(backend="numpy", matrix_format="sparse", dtype=dtype, **kw)
+    atol = 1e-12 if dtype == "float64" else 1e-5
+    b = len(lengths) - 1
+    expected = numpy_model.run(U[b, : lengths[b]], initial_state=x0[b])
+    np.testing.assert_allclose(grouped[b, : lengths[b]], expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_model_batches_on_the_row_group_kernel_match_each_sequence_alone(n_jobs):
+    """Through the public API: a grouped W of 203 units (a partial last group), batches of
+    40 (two tiles and 8 more) with ragged lengths, split over threads or not."""
+    pytest.importorskip("numba")
+    model = DTESN(203, weights="grouped", leak_rate=0.5, bias_scaling=0.2, seed=4, n_jobs=n_jobs)
+    seqs = [RNG.uniform(-1, 1, size=(L, 1)) for L in RNG.integers(1, 70, size=40)]
+    out = model.run(seqs)
+    assert model.reservoir_._use_groups(40 // n_jobs)
+    for seq, states in zip(seqs, out, strict=True):
+        np.testing.assert_array_equal(model.run(seq), states)
+    csr = DTESN(
+        203, weights="grouped", leak_rate=0.5, bias_scaling=0.2, seed=4, matrix_format="sparse"
+    )
+    for a, b in zip(csr.run(seqs), out, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])

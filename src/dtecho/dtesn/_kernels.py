@@ -41,14 +41,24 @@ from __future__ import annotations
 import math
 import threading
 
+import llvmlite.ir as llvm_ir
 import numba
 import numpy as np
+from numba.extending import intrinsic
 
-__all__ = ["GROUP", "call_slp", "euler_csr_batch", "euler_csr_single", "euler_grouped_single"]
+from ._tiles import LANES as TILE_LANES
+from ._tiles import grouped_tiles
+
+__all__ = [
+    "GROUP",
+    "euler_csr_batch",
+    "euler_csr_single",
+    "euler_grouped_batch",
+    "euler_grouped_single",
+]
 
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 split for an exact k·ln2 (Cody & Waite)
 _LN2_LO = 1.90821492927058770002e-10
-_POW2 = np.array([2.0**k for k in range(64)])
 _EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(14))
 _BLOCK = 8  # units per block when copying between (B, ·, N) rows and (N, B) states
 GROUP = 16  # rows per row group (``euler_grouped_single``); its 16 accumulators are spelled out
@@ -57,40 +67,89 @@ _compiled: set[tuple] = set()
 _compile_lock = threading.Lock()
 
 
-def _jit(**options):
-    return numba.njit(cache=True, nogil=True, error_model="numpy", **options)
+def _jit(contract: bool = True, **options):
+    """Every kernel lets LLVM fuse a multiply and the add of its product into one FMA
+    (``contract``): one rounding instead of two, and twice the arithmetic per instruction.
+    All kernels do, in the same order, so they stay bit-identical to one another; only the
+    in-kernel input projection opts out, to match ``Reservoir.project`` (NumPy, unfused)."""
+    fastmath = {"contract"} if contract else False
+    return numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=fastmath, **options)
 
 
-def call_slp(kernel, *args):
-    """Run ``kernel``, compiling it first (or loading it from Numba's cache) with LLVM's SLP
+def _compile_slp(function, *types) -> None:
+    """Compile ``function`` for ``types`` (or load it from Numba's cache) with LLVM's SLP
     vectorizer on. Numba turns SLP off by default (numba#8852: it miscompiled with older
-    LLVMs), but only SLP vectorises the grouped kernel's 16 accumulators (~2.5× faster);
-    the CSR kernels are slower with it (~1.4×) and compile without. The setting is
-    process-wide, so it is switched on only while the kernel compiles, under a lock; the
-    tests check the kernel against SciPy and, bit for bit, against the CSR kernels."""
-    types = tuple(numba.typeof(a) for a in args)
-    if (kernel, types) not in _compiled:
-        with _compile_lock:
-            previous = numba.config.SLP_VECTORIZE
-            numba.config.SLP_VECTORIZE = 1
-            try:
-                kernel.compile(types)
-            finally:
-                numba.config.SLP_VECTORIZE = previous
-            _compiled.add((kernel, types))
-    return kernel(*args)
+    LLVMs), but only SLP vectorises the row-group kernels' spelled-out accumulators
+    (``_grouped_matvec_add``, ``_tiles.grouped_tiles``); the CSR kernels are slower with
+    it and compile without. Only these inner products get SLP: a kernel compiled whole
+    with it was seen to lose bit-identity, SLP packing some multiplies of a scalar loop
+    away from their adds so that they no longer fuse like the loop's other iterations. The
+    setting is process-wide, so it is switched on only while compiling, under a lock. A
+    kernel compiled afterwards links these compiled versions (same types) as they are."""
+    if (function, types) in _compiled:
+        return
+    with _compile_lock:
+        previous = numba.config.SLP_VECTORIZE
+        numba.config.SLP_VECTORIZE = 1
+        try:
+            function.compile(types)
+        finally:
+            numba.config.SLP_VECTORIZE = previous
+        _compiled.add((function, types))
+
+
+def _layout_types(gptr, gcols, gvals) -> tuple:
+    return numba.typeof(gptr), numba.typeof(gcols), numba.typeof(gvals)
+
+
+def euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps) -> None:
+    """``euler_csr_single`` with W in the row-group layout (``reservoir.row_groups``)."""
+    x0 = np.ascontiguousarray(x0)
+    row = numba.typeof(x0)
+    _compile_slp(_grouped_matvec_add, *_layout_types(gptr, gcols, gvals), row, row)
+    _euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps)
+
+
+def euler_grouped_batch(
+    gptr, gcols, gvals, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
+) -> None:
+    """``euler_csr_batch`` with W in the row-group layout (``reservoir.row_groups``). Every
+    row is summed in the same order as by the CSR kernels, so a sequence's states are
+    bit-identical to theirs, alone or in any batch."""
+    buffer = numba.types.Array(numba.from_dtype(P.dtype), 2, "C")
+    layout = _layout_types(gptr, gcols, gvals)
+    _compile_slp(grouped_tiles, *layout, buffer, buffer, numba.types.int64)
+    _euler_grouped_batch(
+        gptr, gcols, gvals, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
+    )
+
+
+@intrinsic
+def _pow2(typingctx, k):
+    """2.0**k for an int64 k in [0, 1023], by writing k + 1023 into a float64's exponent
+    bits: plain integer SIMD, where a table of powers would need a gather."""
+
+    def codegen(context, builder, signature, args):
+        i64 = llvm_ir.IntType(64)
+        bits = builder.shl(
+            builder.add(args[0], llvm_ir.Constant(i64, 1023)), llvm_ir.Constant(i64, 52)
+        )
+        return builder.bitcast(bits, llvm_ir.DoubleType())
+
+    return numba.types.float64(numba.types.int64), codegen
 
 
 @_jit(inline="always")
 def _tanh(x):  # pragma: no cover - compiled
     """tanh(x) without libm, so that loops over it vectorise (libm's scalar tanh costs
-    ~10 ns, this ~2.4 ns per value with AVX-512, like NumPy's own SIMD tanh).
+    ~10 ns, this ~2 ns per value with AVX-512, like NumPy's own SIMD tanh).
 
     |x| < 0.625: Cephes' rational form x + x³·P(x²)/Q(x²). Otherwise 1 − 2/(e^{2|x|} + 1)
     with the sign of x, e^y = 2^k·e^r, k = round(y/ln 2), r = y − k·ln 2 ∈ [−ln2/2, ln2/2]
     by Taylor to degree 13 (truncation < 1e-17); |x| is clamped at 19.0625, beyond which
-    tanh rounds to ±1. Measured against np.tanh on 8e6 points over [−25, 25] and scales
-    1e-8 … 10: at most 2 ulp apart (libm's tanh: 3).
+    tanh rounds to ±1. Both branches are computed (SIMD has no branches) but share one
+    division, base + m·(n/d), whose operands are picked first. Measured against np.tanh on
+    8e6 points over [−25, 25] and scales 1e-8 … 10: at most 2 ulp apart (libm's tanh: 3).
     """
     a = min(abs(x), 19.0625)
     z = x * x
@@ -98,7 +157,6 @@ def _tanh(x):  # pragma: no cover - compiled
     q = (
         (z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3
     ) * z + 4.84406305325125486048e3
-    small = x + x * z * (p / q)
     y = a + a
     kf = np.floor(y * 1.4426950408889634 + 0.5)
     r = (y - kf * _LN2_HI) - kf * _LN2_LO
@@ -106,9 +164,13 @@ def _tanh(x):  # pragma: no cover - compiled
     e = c[13]
     for n in range(12, -1, -1):
         e = c[n] + r * e
-    e *= _POW2[np.uint64(kf)]
-    big = math.copysign(1.0 - 2.0 / (e + 1.0), x)
-    out = small if a < 0.625 else big
+    e *= _pow2(np.int64(kf))
+    small = a < 0.625
+    # small: x + (x·z)·(p/q); otherwise 1 + (−2)·(1/(e + 1)), which rounds as 1 − 2/(e + 1)
+    base = x if small else 1.0
+    m = x * z if small else -2.0
+    v = base + m * ((p if small else 1.0) / (q if small else e + 1.0))
+    out = v if small else math.copysign(v, x)
     return out if x == x and x != 0.0 else x  # NaN stays NaN; ±0 keeps its sign
 
 
@@ -172,7 +234,7 @@ def _csr_matvec_add(indptr, indices, data, x, out):  # pragma: no cover - compil
         i += 1
 
 
-@_jit(inline="always")
+@_jit()  # not inlined by Numba: compiled once with SLP (``_compile_slp``), then linked
 def _grouped_matvec_add(gptr, gcols, gvals, x, out):  # pragma: no cover - compiled
     """out += W x for W stored by row groups of ``GROUP`` rows: group g's shared columns are
     gcols[gptr[g]:gptr[g+1]] (sorted), and the value of row gGROUP + l at the j-th of them is
@@ -243,7 +305,7 @@ def _grouped_matvec_add(gptr, gcols, gvals, x, out):  # pragma: no cover - compi
 
 
 @_jit()
-def euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps):  # pragma: no cover
+def _euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps):  # pragma: no cover
     """``euler_csr_single`` with W stored by row groups (see ``_grouped_matvec_add``)."""
     prev = x0
     for t in range(n_steps):
@@ -266,6 +328,135 @@ def euler_csr_single(indptr, indices, data, P, x0, a, tanh, leaky, n_steps):  # 
         prev = cur
 
 
+@_jit(contract=False)  # the same operations and roundings as ``Reservoir.project``
+def _project_step(U, t, WinT, bias, has_bias, ut, zT, k):  # pragma: no cover - compiled
+    """zT[i, c] = U[c, t] · W_in[i] (+ bias[i]) for c < k, column by column in exactly the
+    operations of ``Reservoir.project`` (u₀w₀, then + u_j w_j for j = 1 …, then + bias):
+    bit-identical to projecting first. ``ut`` (d, B) is scratch."""
+    d = U.shape[2]
+    for j in range(d):
+        for c in range(k):
+            ut[j, c] = U[c, t, j]
+    for i in range(zT.shape[0]):
+        z = zT[i]
+        w0 = WinT[0, i]
+        u0 = ut[0]
+        for c in range(k):
+            z[c] = u0[c] * w0
+        for j in range(1, d):
+            wj = WinT[j, i]
+            uj = ut[j]
+            for c in range(k):
+                z[c] = z[c] + uj[c] * wj
+        if has_bias:
+            bi = bias[i]
+            for c in range(k):
+                z[c] = z[c] + bi
+
+
+@_jit(inline="always")
+def _load_step(P, t, U, WinT, bias, fused, has_bias, ut, zT, k):  # pragma: no cover
+    """zT[:, :k] ← the projected inputs of step t: computed from U when ``fused``, else
+    copied from P[:k, t] in blocks of ``_BLOCK`` units (whole cache lines on both sides)."""
+    if fused:
+        _project_step(U, t, WinT, bias, has_bias, ut, zT, k)
+        return
+    N = zT.shape[0]
+    tt = np.uint64(t)
+    for i0 in range(0, N, _BLOCK):
+        i1 = min(N, i0 + _BLOCK)
+        for b in range(np.uint64(k)):
+            for i in range(np.uint64(i0), np.uint64(i1)):
+                zT[i, b] = P[b, tt, i]
+
+
+@_jit(inline="always")
+def _finish_step(P, t, a, tanh, leaky, xT, zT, k):  # pragma: no cover - compiled
+    """The new states of step t: f(z) in zT (not ``leaky``; the caller then swaps xT and
+    zT) or x + a ⊙ (f(z) − x) in xT (``leaky``), for the first k sequences; and P[:k, t] ←
+    those states, in blocks of ``_BLOCK`` units (P indexed directly with unsigned indices:
+    an array view per row and block cost as much as the copy)."""
+    N = zT.shape[0]
+    new = xT if leaky else zT
+    tt = np.uint64(t)
+    for i0 in range(0, N, _BLOCK):
+        i1 = min(N, i0 + _BLOCK)
+        for i in range(i0, i1):
+            z = zT[i]
+            if tanh:
+                for c in range(k):
+                    z[c] = _tanh(z[c])
+            if leaky:
+                x = xT[i]
+                ai = a[i]
+                for c in range(k):
+                    x[c] += ai * (z[c] - x[c])
+        for b in range(np.uint64(k)):
+            for i in range(np.uint64(i0), np.uint64(i1)):
+                P[b, tt, i] = new[i, b]
+
+
+@_jit(inline="always")
+def _csr_batch_add(indptr, indices, data, xT, zT, k):  # pragma: no cover - compiled
+    """zT[:, :k] += W xT[:, :k] for CSR W, four nonzeros per pass over a row's k values."""
+    four = np.uint64(4)
+    one = np.uint64(1)
+    for i in range(zT.shape[0]):
+        z = zT[i]
+        j = np.uint64(indptr[i])
+        end = np.uint64(indptr[i + 1])
+        while j + four <= end:
+            v0 = data[j]
+            v1 = data[j + one]
+            v2 = data[j + np.uint64(2)]
+            v3 = data[j + np.uint64(3)]
+            r0 = xT[indices[j]]
+            r1 = xT[indices[j + one]]
+            r2 = xT[indices[j + np.uint64(2)]]
+            r3 = xT[indices[j + np.uint64(3)]]
+            for c in range(k):
+                z[c] = z[c] + v0 * r0[c] + v1 * r1[c] + v2 * r2[c] + v3 * r3[c]
+            j += four
+        while j < end:
+            v0 = data[j]
+            r0 = xT[indices[j]]
+            for c in range(k):
+                z[c] += v0 * r0[c]
+            j += one
+
+
+@_jit(inline="always")
+def _grouped_batch_add(gptr, gcols, gvals, xT, zT, k, lanes):  # pragma: no cover - compiled
+    """zT[:, :k] += W xT[:, :k] for W in the row-group layout: register tiles
+    (``_tiles.grouped_tiles``) over the first ``lanes`` (k rounded up to whole tiles; the
+    lanes past k hold zeros) for the full groups, then the last, partial group row by row
+    in the same order (N not a multiple of ``GROUP``)."""
+    grouped_tiles(gptr, gcols, gvals, xT, zT, lanes)
+    N = zT.shape[0]
+    R = np.uint64(GROUP)
+    g = np.uint64(N // GROUP)
+    o = g * R
+    for i in range(o, np.uint64(N)):
+        z = zT[i]
+        for j in range(np.uint64(gptr[g]), np.uint64(gptr[g + np.uint64(1)])):
+            v = gvals[j * R + (i - o)]
+            r = xT[gcols[j]]
+            for c in range(k):
+                z[c] += v * r[c]
+
+
+@_jit(inline="always")
+def _start_batch(P, x0, lanes):  # pragma: no cover - compiled
+    """The transposed buffers (N, lanes ≥ B): states, starting at x0, and projections;
+    lanes past B hold zeros."""
+    B, N = P.shape[0], P.shape[2]
+    xT = np.zeros((N, lanes), P.dtype)
+    for b in range(B):
+        for i in range(N):
+            xT[i, b] = x0[b, i]
+    return xT, np.zeros((N, lanes), P.dtype)
+
+
 @_jit()
 def euler_csr_batch(  # pragma: no cover - compiled
     indptr, indices, data, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
@@ -275,91 +466,45 @@ def euler_csr_batch(  # pragma: no cover - compiled
     (lengths sorted non-increasing); rows of finished sequences are left untouched.
 
     Not ``fused``: P[b, t] holds the projected input p on entry. ``fused``: P's contents are
-    ignored and p = U[b, t] W_inᵀ + b is computed here, column by column in exactly the
-    operations of ``Reservoir.project`` (u₀w₀, then + u_j w_j for j = 1 …, then + bias when
-    ``has_bias``), so the states are bit-identical to projecting first; this saves writing
-    and re-reading the (B, T, N) projections. U (B, T, d), WinT (d, N), bias (N,).
-
-    Rows of P are copied to and from the transposed states in blocks of ``_BLOCK`` units,
-    so that both sides of the transpose touch whole cache lines."""
-    B, T, N = P.shape
-    d = U.shape[2]
-    xT = np.empty((N, B), P.dtype)  # states, transposed
-    zT = np.empty((N, B), P.dtype)
-    ut = np.empty((d, B), P.dtype)
-    for b in range(B):
-        for i in range(N):
-            xT[i, b] = x0[b, i]
-    four = np.uint64(4)
-    one = np.uint64(1)
-    for t in range(T):
+    ignored and p = U[b, t] W_inᵀ + b is computed here (``_project_step``), bit-identical to
+    projecting first; this saves writing and re-reading the (B, T, N) projections.
+    U (B, T, d), WinT (d, N), bias (N,)."""
+    xT, zT = _start_batch(P, x0, P.shape[0])
+    ut = np.empty((U.shape[2], P.shape[0]), P.dtype)
+    for t in range(P.shape[1]):
         k = active[t]
         if k == 0:
             break
-        if fused:
-            for j in range(d):
-                for c in range(k):
-                    ut[j, c] = U[c, t, j]
-            for i in range(N):
-                z = zT[i]
-                w0 = WinT[0, i]
-                u0 = ut[0]
-                for c in range(k):
-                    z[c] = u0[c] * w0
-                for j in range(1, d):
-                    wj = WinT[j, i]
-                    uj = ut[j]
-                    for c in range(k):
-                        z[c] = z[c] + uj[c] * wj
-                if has_bias:
-                    bi = bias[i]
-                    for c in range(k):
-                        z[c] = z[c] + bi
-        else:
-            for i0 in range(0, N, _BLOCK):
-                i1 = min(N, i0 + _BLOCK)
-                for b in range(k):
-                    p = P[b, t]
-                    for i in range(i0, i1):
-                        zT[i, b] = p[i]
-        for i in range(N):  # zT[:, :k] += W xT[:, :k], four nonzeros per pass
-            z = zT[i]
-            j = np.uint64(indptr[i])
-            end = np.uint64(indptr[i + 1])
-            while j + four <= end:
-                v0 = data[j]
-                v1 = data[j + one]
-                v2 = data[j + np.uint64(2)]
-                v3 = data[j + np.uint64(3)]
-                r0 = xT[indices[j]]
-                r1 = xT[indices[j + one]]
-                r2 = xT[indices[j + np.uint64(2)]]
-                r3 = xT[indices[j + np.uint64(3)]]
-                for c in range(k):
-                    z[c] = z[c] + v0 * r0[c] + v1 * r1[c] + v2 * r2[c] + v3 * r3[c]
-                j += four
-            while j < end:
-                v0 = data[j]
-                r0 = xT[indices[j]]
-                for c in range(k):
-                    z[c] += v0 * r0[c]
-                j += one
-        for i0 in range(0, N, _BLOCK):
-            i1 = min(N, i0 + _BLOCK)
-            for i in range(i0, i1):
-                z = zT[i]
-                x = xT[i]
-                if tanh:
-                    for c in range(k):
-                        z[c] = _tanh(z[c])
-                if leaky:
-                    ai = a[i]
-                    for c in range(k):
-                        x[c] += ai * (z[c] - x[c])
-                else:
-                    for c in range(k):
-                        x[c] = z[c]
-            for b in range(k):
-                p = P[b, t]
-                for i in range(i0, i1):
-                    p[i] = xT[i, b]
+        _load_step(P, t, U, WinT, bias, fused, has_bias, ut, zT, k)
+        _csr_batch_add(indptr, indices, data, xT, zT, k)
+        _finish_step(P, t, a, tanh, leaky, xT, zT, k)
+        if not leaky:
+            xT, zT = zT, xT
+
+
+@_jit()
+def _euler_grouped_batch(  # pragma: no cover - compiled
+    gptr, gcols, gvals, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
+):
+    """See ``euler_grouped_batch``. The register tiles run whole tiles of ``TILE_LANES``
+    sequences; the lanes past the active sequences are held at zero (a zero state with a
+    zero input stays zero), so that they cost a little arithmetic and nothing else."""
+    xT, zT = _start_batch(P, x0, -(-P.shape[0] // TILE_LANES) * TILE_LANES)
+    ut = np.empty((U.shape[2], P.shape[0]), P.dtype)
+    prev = P.shape[0]
+    for t in range(P.shape[1]):
+        k = active[t]
+        if k == 0:
+            break
+        lanes = -(-k // TILE_LANES) * TILE_LANES
+        if k < prev:  # sequences k … prev − 1 ended: zero their lanes in both buffers
+            for i in range(zT.shape[0]):
+                for c in range(k, lanes):
+                    xT[i, c] = 0.0
+                    zT[i, c] = 0.0
+            prev = k
+        _load_step(P, t, U, WinT, bias, fused, has_bias, ut, zT, k)
+        _grouped_batch_add(gptr, gcols, gvals, xT, zT, k, lanes)
+        _finish_step(P, t, a, tanh, leaky, xT, zT, k)
+        if not leaky:
+            xT, zT = zT, xT

@@ -53,6 +53,7 @@ _DENSE_EIG_MAX = 128  # LAPACK eigvals below this size; ARPACK above (much faste
 _DENSE_MAX_BYTES = 512 * 2**20  # never materialise a dense W larger than this
 _EXACT_PROJECT_MAX_D = 16  # inputs this narrow are projected column by column (see project)
 ROW_GROUP = 16  # rows per group of the row-group layout (``_kernels.GROUP``)
+_TILE_LANES = 16  # sequences per register tile of the batched row-group kernel (``_tiles``)
 
 
 def spectral_radius(W: np.ndarray | sps.sparray) -> float:
@@ -343,25 +344,34 @@ class Reservoir:
         dense = gemm * N * N * batch + 5000.0
         if not compiled:  # SciPy's sparse products: only worth it for one sequence
             return batch > 1 or dense < 0.76 * nnz + 5000.0
-        # Numba kernels (no Python per step): one sequence, see _single_sparse_cost; batched,
-        # 1.7 per nonzero plus 0.10 (float64) or 0.04 (float32) per nonzero and sequence, and
-        # ~3 µs per step; both ~3 per unit and sequence for tanh, leak, (batched) transposes.
-        if batch == 1:
-            return dense < self._single_sparse_cost() + 3.0 * N
-        per_nnz = 1.7 + (0.04 if f32 else 0.10) * batch
-        return dense < per_nnz * nnz + 3.0 * N * batch + 3000.0
+        # Numba kernels (no Python per step): the sparse product (``_sparse_costs``) plus ~3
+        # per unit and sequence for tanh, leak and (batched) the transposes, ~3 µs per step.
+        sparse = min(self._sparse_costs(batch)) + 3.0 * N * batch + (3000.0 if batch > 1 else 0)
+        return dense < sparse
 
-    def _single_sparse_cost(self) -> float:
-        """Per-step cost (ns) of the compiled one-sequence product with the cheaper of the
-        CSR kernel (0.4 per nonzero) and the row-group kernel (0.08 per stored entry in
-        float64, 0.06 in float32, zeros included; see ``row_groups``). The row-group layout
-        is only considered while it stores at most twice the nonzeros: a padded layout also
-        outgrows the caches (a random 10 % dense W of 1000 units pads 8× and runs 5× slower)."""
-        csr = 0.4 * self.W.nnz
+    def _sparse_costs(self, batch: int) -> tuple[float, float]:
+        """Per-step cost (ns) of the compiled sparse product of ``batch`` sequences, (CSR,
+        row groups), measured as ``_use_dense``'s. One sequence: CSR 0.4 per nonzero; row
+        groups 0.08 per stored entry in float64, 0.06 in float32, zeros included (see
+        ``row_groups``). Batched: CSR 1.7 per nonzero plus 0.10 (float64) or 0.04 (float32)
+        per nonzero and sequence; row groups, per stored entry, 0.035 (0.017) per sequence
+        in whole register tiles of ``_kernels.TILE_LANES``, and 0.10 (0.04) per sequence
+        beyond them. The row-group layout is only considered while it stores at most twice
+        the nonzeros (else ``inf``): a padded layout also outgrows the caches (a random 10 %
+        dense W of 1000 units pads 8× and runs 5× slower for one sequence)."""
+        nnz = self.W.nnz
+        f32 = self.dtype == np.float32
+        csr = 0.4 * nnz if batch == 1 else (1.7 + (0.04 if f32 else 0.10) * batch) * nnz
+        if self.matrix_format == "sparse" or nnz == 0:
+            return csr, np.inf
         entries = self._row_group_entries()
-        if entries > 2 * self.W.nnz:
-            return csr
-        return min(csr, (0.06 if self.dtype == np.float32 else 0.08) * entries)
+        if entries > 2 * nnz:
+            return csr, np.inf
+        if batch == 1:
+            return csr, (0.06 if f32 else 0.08) * entries
+        tiled = batch // _TILE_LANES * _TILE_LANES
+        per_entry = (0.017 if f32 else 0.035) * tiled + (0.04 if f32 else 0.10) * (batch - tiled)
+        return csr, per_entry * entries
 
     def _row_group_entries(self) -> int:
         """Entries (zeros included) W takes in the row-group layout; counted once."""
@@ -369,11 +379,11 @@ class Reservoir:
             self._group_entries = _group_keys(sps.csr_array(self.W), ROW_GROUP).size * ROW_GROUP
         return self._group_entries
 
-    def _use_groups(self) -> bool:
-        """Whether the one-sequence compiled loop runs on the row-group layout."""
-        if self.matrix_format == "sparse" or self.W.nnz == 0:
-            return False
-        return 0.4 * self.W.nnz > self._single_sparse_cost()
+    def _use_groups(self, batch: int = 1) -> bool:
+        """Whether the compiled loop over ``batch`` sequences runs on the row-group layout
+        (never with ``matrix_format="sparse"``, which asks for CSR)."""
+        csr, grouped = self._sparse_costs(batch)
+        return grouped < csr
 
     def _matrices(self, dense: bool):
         if dense:
@@ -505,9 +515,7 @@ class Reservoir:
             steps = sum(1 for k in active if k)
             if self._use_groups():
                 gp, gc, gv = self._row_groups()
-                kernels.call_slp(
-                    kernels.euler_grouped_single, gp, gc, gv, P[0], x[0], a, tanh, leaky, steps
-                )
+                kernels.euler_grouped_single(gp, gc, gv, P[0], x[0], a, tanh, leaky, steps)
             else:
                 kernels.euler_csr_single(ip, ix, data, P[0], x[0], a, tanh, leaky, steps)
             return
@@ -520,19 +528,24 @@ class Reservoir:
         else:  # placeholders of the same types, so that one compiled version serves both
             U, WinT, bias = np.zeros((P.shape[0], 1, 1), P.dtype), np.zeros((1, 1), P.dtype), a
         inputs = (WinT, bias, fused, bool(self.bias.any()))
+
+        def batch(P: np.ndarray, x: np.ndarray, steps: np.ndarray, U: np.ndarray) -> None:
+            if self._use_groups(P.shape[0]):
+                gp, gc, gv = self._row_groups()
+                kernels.euler_grouped_batch(gp, gc, gv, P, x, a, tanh, leaky, steps, U, *inputs)
+            else:
+                kernels.euler_csr_batch(ip, ix, data, P, x, a, tanh, leaky, steps, U, *inputs)
+
         parts = min(self.n_jobs, P.shape[0] // 8)
         if parts <= 1:
-            kernels.euler_csr_batch(ip, ix, data, P, x, a, tanh, leaky, steps, U, *inputs)
+            batch(P, x, steps, U)
             return
         # Sequences are independent: each thread runs the kernel (which releases the GIL) on
         # a contiguous share of them, so the arithmetic per sequence is unchanged.
         edges = np.linspace(0, P.shape[0], parts + 1).astype(int)
 
         def share(lo: int, hi: int) -> None:
-            mine = np.clip(steps - lo, 0, hi - lo)
-            kernels.euler_csr_batch(
-                ip, ix, data, P[lo:hi], x[lo:hi], a, tanh, leaky, mine, U[lo:hi], *inputs
-            )
+            batch(P[lo:hi], x[lo:hi], np.clip(steps - lo, 0, hi - lo), U[lo:hi])
 
         with ThreadPoolExecutor(parts) as pool:
             for done in [pool.submit(share, lo, hi) for lo, hi in itertools.pairwise(edges)]:
