@@ -7,6 +7,7 @@ so its states must equal the CSR kernel's bit for bit, whatever W is.
 """
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,10 @@ def test_grouped_weights_with_fewer_inputs_than_a_group_lose_rank_and_warn():
     assert np.linalg.matrix_rank(W.toarray()) == 320
     uses = np.bincount(W.indices, minlength=320) // ROW_GROUP  # groups feeding on a unit
     assert uses.min() == uses.max() == 2  # 20 groups × 32 columns over 320 units: balanced
+
+
+def test_committed_tiles_are_what_the_generator_writes():
+    pytest.importorskip("numba")
+    from dtecho.dtesn import _tilegen, _tiles
+
+    assert Path(_tiles.__file__).read_text(encoding="utf-8") == _tilegen.source()
