@@ -6,6 +6,7 @@ starting from the projected input, like the CSR kernels, and the stored zeros ad
 so its states must equal the CSR kernel's bit for bit, whatever W is.
 """
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -259,3 +260,8 @@ def test_committed_tiles_are_what_the_generator_writes():
     from dtecho.dtesn import _tilegen, _tiles
 
     assert Path(_tiles.__file__).read_text(encoding="utf-8") == _tilegen.source()
+    # kernels cached by Numba must see the tiles change (see _kernels.TILES_SHA256)
+    from dtecho.dtesn import _kernels
+
+    digest = hashlib.sha256(Path(_tiles.__file__).read_bytes()).hexdigest()
+    assert digest == _kernels.TILES_SHA256, "update _kernels.TILES_SHA256"

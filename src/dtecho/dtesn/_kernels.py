@@ -43,11 +43,11 @@ for the same reason.
 from __future__ import annotations
 
 import math
-import threading
 
 import llvmlite.ir as llvm_ir
 import numba
 import numpy as np
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
 from ._tiles import LANES as TILE_LANES
@@ -68,7 +68,11 @@ _BLOCK = 8  # units per block when copying between (B, ·, N) rows and (N, B) st
 GROUP = 16  # rows per row group (``euler_grouped_single``); its 16 accumulators are spelled out
 
 _compiled: set[tuple] = set()
-_compile_lock = threading.Lock()
+# sha256 of ``_tiles.py``. Numba's cache keys a compiled kernel by its own file only, so a
+# kernel here that links the tiles would keep stale tiles from the cache after _tiles.py
+# alone changed; the tests require this digest to match, which makes regenerating the tiles
+# touch this file too.
+TILES_SHA256 = "bf5a0ab5565c9e6908b05c6eeaa1550073877e862cfeaf6f10c7462ccb67eea9"
 
 
 def _jit(contract: bool = True, **options):
@@ -88,11 +92,12 @@ def _compile_slp(function, *types) -> None:
     it and compile without. Only these inner products get SLP: a kernel compiled whole
     with it was seen to lose bit-identity, SLP packing some multiplies of a scalar loop
     away from their adds so that they no longer fuse like the loop's other iterations. The
-    setting is process-wide, so it is switched on only while compiling, under a lock. A
+    setting is process-wide, so it is switched on only while compiling, holding Numba's own
+    compiler lock: no other thread's compilation can start meanwhile and pick it up. A
     kernel compiled afterwards links these compiled versions (same types) as they are."""
     if (function, types) in _compiled:
         return
-    with _compile_lock:
+    with global_compiler_lock:  # reentrant: function.compile takes it again
         previous = numba.config.SLP_VECTORIZE
         numba.config.SLP_VECTORIZE = 1
         try:

@@ -9,6 +9,8 @@ sums. Numba has no fixed-size register arrays, so the locals are spelled out; wr
 committed ``_tiles.py`` is exactly what :func:`source` writes.
 
     python -m dtecho.dtesn._tilegen > src/dtecho/dtesn/_tiles.py
+
+and then set ``_kernels.TILES_SHA256`` to the new file's sha256 (the tests say so).
 """
 
 from __future__ import annotations
