@@ -354,11 +354,12 @@ class Reservoir:
         row groups), measured as ``_use_dense``'s. One sequence: CSR 0.4 per nonzero; row
         groups 0.08 per stored entry in float64, 0.06 in float32, zeros included (see
         ``row_groups``). Batched: CSR 1.7 per nonzero plus 0.10 (float64) or 0.04 (float32)
-        per nonzero and sequence; row groups, per stored entry, 0.035 (0.017) per sequence
-        in whole register tiles of ``_kernels.TILE_LANES``, and 0.10 (0.04) per sequence
-        beyond them. The row-group layout is only considered while it stores at most twice
-        the nonzeros (else ``inf``): a padded layout also outgrows the caches (a random 10 %
-        dense W of 1000 units pads 8× and runs 5× slower for one sequence)."""
+        per nonzero and sequence; row groups 0.035 (0.017) per stored entry and sequence,
+        the batch rounded up to whole register tiles of ``_TILE_LANES`` sequences (the
+        kernel runs the spare lanes on zeros). The row-group layout is only considered while
+        it stores at most twice the nonzeros (else ``inf``): a padded layout also outgrows
+        the caches (a random 10 % dense W of 1000 units pads 8× and runs 5× slower for one
+        sequence)."""
         nnz = self.W.nnz
         f32 = self.dtype == np.float32
         csr = 0.4 * nnz if batch == 1 else (1.7 + (0.04 if f32 else 0.10) * batch) * nnz
@@ -369,9 +370,8 @@ class Reservoir:
             return csr, np.inf
         if batch == 1:
             return csr, (0.06 if f32 else 0.08) * entries
-        tiled = batch // _TILE_LANES * _TILE_LANES
-        per_entry = (0.017 if f32 else 0.035) * tiled + (0.04 if f32 else 0.10) * (batch - tiled)
-        return csr, per_entry * entries
+        lanes = -(-batch // _TILE_LANES) * _TILE_LANES
+        return csr, (0.017 if f32 else 0.035) * lanes * entries
 
     def _row_group_entries(self) -> int:
         """Entries (zeros included) W takes in the row-group layout; counted once."""
