@@ -182,7 +182,7 @@ def test_batched_row_group_kernel_is_bit_identical_to_csr_and_to_each_sequence_a
         np.testing.assert_array_equal(alone, grouped[b, :L])
         assert np.all(np.isfinite(grouped[b, :L]))
     # the inner products ran as compiled with SLP (else they would be scalar, and slow)
-    for function in (_kernels.grouped_tiles, _kernels._grouped_matvec_add):
+    for function in (_kernels.grouped_tiles, _kernels._grouped_matvec_add, _kernels.csr_tiles):
         assert all((function, tuple(sig)) in _kernels._compiled for sig in function.signatures)
     numpy_model = _built(backend="numpy", matrix_format="sparse", dtype=dtype, **kw)
     atol = 1e-12 if dtype == "float64" else 1e-5

@@ -10,11 +10,12 @@ within 2 ulp of NumPy's), so states differ by a few ulp (~1e-15 for states of si
     instead of waiting on one chain of additions.
   * ``euler_csr_batch``: B sequences; states are kept transposed, (N, B), so each nonzero
     W[i, j] updates a contiguous run of B values (row j of the states) rather than gathering
-    from B rows, and four nonzeros are applied per pass over the run, so every accumulator
-    is loaded and stored once per four nonzeros. Given the raw inputs (``fused``) it also
-    computes the input projection itself, in exactly the operations of
-    ``Reservoir.project``, so the (B, T, N) projections are never written and re-read; rows
-    move between the (B, ·, N) output and the transposed states in blocks of units.
+    from B rows. Whole tiles of 32 sequences keep a row's sums in registers over all its
+    nonzeros (``_tiles.csr_tiles``); the sequences left over take four nonzeros per pass
+    over the run, so every accumulator is loaded and stored once per four nonzeros. Given
+    the raw inputs (``fused``) it also computes the input projection itself, in exactly the
+    operations of ``Reservoir.project``, so the (B, T, N) projections are never written and
+    re-read; rows move between the (B, ·, N) output and the transposed states in blocks of units.
 
 With W stored by *row groups* (see ``reservoir.row_groups``: each aligned group of
 ``GROUP`` = 16 rows keeps one shared, sorted list of columns and a (columns × 16) block of
@@ -50,8 +51,8 @@ import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
+from ._tiles import CSR_LANES, csr_tiles, grouped_tiles
 from ._tiles import LANES as TILE_LANES
-from ._tiles import grouped_tiles
 
 __all__ = [
     "GROUP",
@@ -72,7 +73,7 @@ _compiled: set[tuple] = set()
 # kernel here that links the tiles would keep stale tiles from the cache after _tiles.py
 # alone changed; the tests require this digest to match, which makes regenerating the tiles
 # touch this file too.
-TILES_SHA256 = "bf5a0ab5565c9e6908b05c6eeaa1550073877e862cfeaf6f10c7462ccb67eea9"
+TILES_SHA256 = "9c393cf8fb70b5e1e8955c62d1d412d2bd2389a6556e04f0cc6dd4ee2eba7b29"
 
 
 def _jit(contract: bool = True, **options):
@@ -407,7 +408,14 @@ def _finish_step(P, t, a, tanh, leaky, xT, zT, k):  # pragma: no cover - compile
 
 @_jit(inline="always")
 def _csr_batch_add(indptr, indices, data, xT, zT, k):  # pragma: no cover - compiled
-    """zT[:, :k] += W xT[:, :k] for CSR W, four nonzeros per pass over a row's k values."""
+    """zT[:, :k] += W xT[:, :k] for CSR W: register tiles of ``CSR_LANES`` sequences
+    (``_tiles.csr_tiles``), then the sequences left over with four nonzeros per pass over
+    a row's values; both sum every row in index order."""
+    done = k // CSR_LANES * CSR_LANES
+    if done:
+        csr_tiles(indptr, indices, data, xT, zT, done)
+    if done == k:
+        return
     four = np.uint64(4)
     one = np.uint64(1)
     for i in range(zT.shape[0]):
@@ -423,13 +431,13 @@ def _csr_batch_add(indptr, indices, data, xT, zT, k):  # pragma: no cover - comp
             r1 = xT[indices[j + one]]
             r2 = xT[indices[j + np.uint64(2)]]
             r3 = xT[indices[j + np.uint64(3)]]
-            for c in range(k):
+            for c in range(done, k):
                 z[c] = z[c] + v0 * r0[c] + v1 * r1[c] + v2 * r2[c] + v3 * r3[c]
             j += four
         while j < end:
             v0 = data[j]
             r0 = xT[indices[j]]
-            for c in range(k):
+            for c in range(done, k):
                 z[c] += v0 * r0[c]
             j += one
 
@@ -466,10 +474,9 @@ def _start_batch(P, x0, lanes):  # pragma: no cover - compiled
     return xT, np.zeros((N, lanes), P.dtype)
 
 
-@_jit()
-def euler_csr_batch(  # pragma: no cover - compiled
+def euler_csr_batch(
     indptr, indices, data, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
-):
+) -> None:
     """In place, for B sequences: P[b, t] becomes the state x_t of sequence b (as in
     ``euler_csr_single``), from x0[b]. At step t only sequences b < active[t] advance
     (lengths sorted non-increasing); rows of finished sequences are left untouched.
@@ -478,6 +485,19 @@ def euler_csr_batch(  # pragma: no cover - compiled
     ignored and p = U[b, t] W_inᵀ + b is computed here (``_project_step``), bit-identical to
     projecting first; this saves writing and re-reading the (B, T, N) projections.
     U (B, T, d), WinT (d, N), bias (N,)."""
+    buffer = numba.types.Array(numba.from_dtype(P.dtype), 2, "C")
+    layout = _layout_types(indptr, indices, data)
+    _compile_slp(csr_tiles, *layout, buffer, buffer, numba.types.int64)
+    _euler_csr_batch(
+        indptr, indices, data, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
+    )
+
+
+@_jit()
+def _euler_csr_batch(  # pragma: no cover - compiled
+    indptr, indices, data, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
+):
+    """See ``euler_csr_batch``."""
     xT, zT = _start_batch(P, x0, P.shape[0])
     ut = np.empty((U.shape[2], P.shape[0]), P.dtype)
     for t in range(P.shape[1]):
