@@ -56,6 +56,7 @@ from _common import (  # noqa: E402
     machine_info,
     print_table,
     timed,
+    warm_memory,
     write_json,
 )
 from dtecho.dtesn import DTESN  # noqa: E402
@@ -292,6 +293,8 @@ def main() -> None:
         "sgemm_GFLOPs": dgemm_gflops(1000 if quick else 2000, "float32"),
     }
     print(f"BLAS threads {THREADS}; dense matrix product: {gemm}")
+    # fresh memory is slow to touch the first time on these VMs: warm four outputs' worth
+    warm_memory(4 * 8 * max(T1 * N1 if "a" in args.parts else 0, B2 * T2 * N2))
     single: list[dict] = []
     rows_b: list[dict] = []
     if "a" in args.parts:
