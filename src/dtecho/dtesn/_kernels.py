@@ -51,7 +51,7 @@ import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
-from ._tiles import CSR_LANES, csr_tiles, grouped_tiles
+from ._tiles import CSR_LANES, GROUP, csr_tiles, grouped_tiles
 from ._tiles import LANES as TILE_LANES
 
 __all__ = [
@@ -66,7 +66,6 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 split for an exact k·ln2 (Cody & W
 _LN2_LO = 1.90821492927058770002e-10
 _EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(14))
 _BLOCK = 8  # units per block when copying between (B, ·, N) rows and (N, B) states
-GROUP = 16  # rows per row group (``euler_grouped_single``); its 16 accumulators are spelled out
 
 _compiled: set[tuple] = set()
 # sha256 of ``_tiles.py``. Numba's cache keys a compiled kernel by its own file only, so a
@@ -112,6 +111,13 @@ def _layout_types(gptr, gcols, gvals) -> tuple:
     return numba.typeof(gptr), numba.typeof(gcols), numba.typeof(gvals)
 
 
+def _compile_tiles(tiles, ptr, cols, vals, dtype) -> None:
+    """``_compile_slp`` for a ``_tiles`` function with the types a batch kernel calls it
+    with: the layout's arrays, two C-contiguous (N, lanes) buffers and an int64 lane count."""
+    buffer = numba.types.Array(numba.from_dtype(dtype), 2, "C")
+    _compile_slp(tiles, *_layout_types(ptr, cols, vals), buffer, buffer, numba.types.int64)
+
+
 def euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps) -> None:
     """``euler_csr_single`` with W in the row-group layout (``reservoir.row_groups``)."""
     x0 = np.ascontiguousarray(x0)
@@ -126,9 +132,7 @@ def euler_grouped_batch(
     """``euler_csr_batch`` with W in the row-group layout (``reservoir.row_groups``). Every
     row is summed in the same order as by the CSR kernels, so a sequence's states are
     bit-identical to theirs, alone or in any batch."""
-    buffer = numba.types.Array(numba.from_dtype(P.dtype), 2, "C")
-    layout = _layout_types(gptr, gcols, gvals)
-    _compile_slp(grouped_tiles, *layout, buffer, buffer, numba.types.int64)
+    _compile_tiles(grouped_tiles, gptr, gcols, gvals, P.dtype)
     _euler_grouped_batch(
         gptr, gcols, gvals, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
     )
@@ -485,9 +489,7 @@ def euler_csr_batch(
     ignored and p = U[b, t] W_inᵀ + b is computed here (``_project_step``), bit-identical to
     projecting first; this saves writing and re-reading the (B, T, N) projections.
     U (B, T, d), WinT (d, N), bias (N,)."""
-    buffer = numba.types.Array(numba.from_dtype(P.dtype), 2, "C")
-    layout = _layout_types(indptr, indices, data)
-    _compile_slp(csr_tiles, *layout, buffer, buffer, numba.types.int64)
+    _compile_tiles(csr_tiles, indptr, indices, data, P.dtype)
     _euler_csr_batch(
         indptr, indices, data, P, x0, a, tanh, leaky, active, U, WinT, bias, fused, has_bias
     )

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sps
 from scipy.sparse.linalg import ArpackNoConvergence, eigs, svds
 
-from . import bseries
+from . import _tilegen, bseries
 from .membranes import Membrane
 
 try:  # y += A·x for CSR without allocating; scipy's private kernel behind csr @ vector
@@ -52,8 +52,10 @@ def _numba_kernels() -> ModuleType | None:
 _DENSE_EIG_MAX = 128  # LAPACK eigvals below this size; ARPACK above (much faster at N ≥ 300)
 _DENSE_MAX_BYTES = 512 * 2**20  # never materialise a dense W larger than this
 _EXACT_PROJECT_MAX_D = 16  # inputs this narrow are projected column by column (see project)
-ROW_GROUP = 16  # rows per group of the row-group layout (``_kernels.GROUP``)
-_TILE_LANES = 16  # sequences per register tile of the batched row-group kernel (``_tiles``)
+# rows per group of the row-group layout; sequences per register tile of the batched
+# row-group kernel. _tilegen (plain Python) holds them for the generated kernels too.
+ROW_GROUP = _tilegen.GROUP
+_TILE_LANES = _tilegen.LANES
 
 
 def spectral_radius(W: np.ndarray | sps.sparray) -> float:
