@@ -82,9 +82,48 @@ def test_grouped_weights_share_columns_not_values():
         values = W.toarray()[g * 16 : g * 16 + 16][:, rows[0]]
         assert len(np.unique(values)) == values.size  # independent draws
     assert row_groups(W)[2].size == W.nnz  # no padding at all
-    assert spectral_radius(W) == pytest.approx(model.spectral_radius, rel=1e-9)
+    # the values are float32 numbers (see the next test): the radius is met to their precision
+    assert spectral_radius(W) == pytest.approx(model.spectral_radius, rel=1e-6)
     other = _built(units=128, weights="random", connectivity=0.25).reservoir_.W
     assert row_groups(other)[2].size > 3 * other.nnz  # a random W pads heavily
+
+
+@pytest.mark.parametrize("weights", ["grouped", "random"])
+def test_float64_kernels_read_float32_numbers_as_float32_with_the_same_states(weights):
+    """A grouped W is drawn as float32 numbers; a float64 run's compiled kernels then read
+    its values as float32 (half the memory traffic), and widening is exact, so the states
+    are those of float64 copies bit for bit. A random W keeps full float64 values."""
+    pytest.importorskip("numba")
+    from dtecho.dtesn import _kernels
+
+    res = _built(units=160, weights=weights, backend="numba", leak_rate=0.7).reservoir_
+    compact = weights == "grouped"
+    assert np.array_equal(res.W.data.astype(np.float32), res.W.data) == compact
+    value_dtype = np.float32 if compact else np.float64
+    assert res._row_groups()[2].dtype == res._csr_unsigned()[2].dtype == value_dtype
+    P0 = res.project(U[None])[0]
+    x0 = RNG.uniform(-0.5, 0.5, size=res.units)
+    a = res.leak.astype(res.dtype)
+    gp, gc, gv = res._row_groups()
+    ip, ix, data = res._csr_unsigned()
+    runs = []
+    for run, layout in [
+        (_kernels.euler_grouped_single, (gp, gc, gv)),
+        (_kernels.euler_grouped_single, (gp, gc, gv.astype(np.float64))),
+        (_kernels.euler_csr_single, (ip, ix, data)),
+        (_kernels.euler_csr_single, (ip, ix, data.astype(np.float64))),
+    ]:
+        P = P0.copy()
+        run(*layout, P, x0.copy(), a, True, True, len(U))
+        runs.append(P)
+    for P in runs[1:]:
+        np.testing.assert_array_equal(P, runs[0])
+    np.testing.assert_allclose(
+        runs[0],
+        _built(units=160, weights=weights, backend="numpy", leak_rate=0.7).run(U, initial_state=x0),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
