@@ -13,20 +13,22 @@ import inspect
 import json
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sps
 
 from . import bseries
+from ._pipeline import overlapped
 from .membranes import Membrane, build_membranes
 from .readout import RidgeReadout, RLSReadout, readout_from_state
 from .reservoir import ROW_GROUP, ESPReport, Reservoir, build_weights
 
 __all__ = ["DTESN", "NotFittedError"]
 
-_CHUNK_BYTES = 16 * 2**20  # states that fit and predict hold at once (see _state_chunks)
+_CHUNK_BYTES = 16 * 2**20  # states of one window of fit and predict (see _windows)
+_AHEAD = 4  # windows integrated ahead of their work before that thread helps with it
 FORMAT = "dtecho.dtesn"
 FORMAT_VERSION = 1
 # build_weights' keyword-only arguments are named like our parameters (but for the radius)
@@ -314,16 +316,18 @@ class DTESN:
         lengths = None if batch.uniform else batch.lengths
         return res.run(batch.data, x0=x0, lengths=lengths)
 
-    def _state_chunks(self, batch: _Batch, initial_state: np.ndarray | None):
-        """(t0, S) for consecutive time windows: S (k, L, N) holds the states of steps
-        t0 … t0+L−1 of the k sequences still running at t0 (a prefix: they are sorted by
-        length). fit and predict consume these, so the (B, T, N) states never exist at once
-        (~16 MB at a time); every step is computed exactly as in one ``run``.
+    def _windows(self, batch: _Batch, initial_state: np.ndarray | None, work: Callable):
+        """work(t0, S) for consecutive time windows, in order: S (k, L, N) holds the states
+        of steps t0 … t0+L−1 of the k sequences still running at t0 (a prefix: they are
+        sorted by length). fit and predict reduce these, so the (B, T, N) states never exist
+        at once (~16 MB a window); every step is computed exactly as in one ``run``.
 
-        With the compiled kernels (which release the GIL) the next window is integrated on
-        a second thread while the caller consumes the current one, so fit's normal
-        equations (BLAS) and the state loop overlap; the results are the same bit for bit,
-        since each window still starts from the last state of the one before."""
+        With the compiled kernels (which release the GIL) the windows are integrated on a
+        second thread while this one runs ``work``, and when ``work`` is the slower part
+        (fit's normal equations, BLAS) that thread also takes the work of the newest
+        windows (``_pipeline.overlapped``), so both cores stay busy. ``work`` must depend
+        on its arguments alone: the results are then the same bit for bit, whichever
+        thread ran them."""
         res = self._ensure_reservoir(batch.width)
         lengths = batch.lengths
         B, N = len(lengths), res.units
@@ -333,26 +337,21 @@ class DTESN:
         span = max(16, _CHUNK_BYTES // (B * N * res.dtype.itemsize))
         starts = range(0, int(lengths[0]), span)
 
-        def window(t0: int) -> np.ndarray:
+        def window(i: int) -> tuple[int, np.ndarray]:
+            t0 = starts[i]
             k = int(np.count_nonzero(lengths > t0))
             L = min(span, int(lengths[0]) - t0)
             steps = np.minimum(lengths[:k] - t0, L)
             ragged = steps if steps[-1] < L else None
             S = res.run(batch.data[:k, t0 : t0 + L], x0=x[:k], lengths=ragged)
             x[:k] = S[np.arange(k), steps - 1]
-            return S
+            return t0, S
 
         if len(starts) == 1 or not res._compiled():
-            for t0 in starts:
-                yield t0, window(t0)
+            for i in range(len(starts)):
+                yield work(*window(i))
             return
-        with ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(window, starts[0])
-            for i, t0 in enumerate(starts):
-                S = pending.result()
-                if i + 1 < len(starts):
-                    pending = ahead.submit(window, starts[i + 1])
-                yield t0, S
+        yield from overlapped(window, len(starts), lambda item: work(*item), ahead=_AHEAD)
 
     def run(self, X: Any, *, initial_state: np.ndarray | None = None) -> Any:
         """Reservoir states: (T, N), (B, T, N) or a list of (T_b, N), matching X."""
@@ -368,23 +367,31 @@ class DTESN:
                 f"warmup={warmup} leaves no training rows (longest sequence is "
                 f"{batch.lengths.max()})"
             )
-        readout = RidgeReadout(self.ridge, regularize_bias=self.regularize_bias)
-        for t0, S in self._state_chunks(batch, None):
+        ridge, regularize_bias = self.ridge, self.regularize_bias
+
+        def normal_equations(t0: int, S: np.ndarray) -> RidgeReadout | None:
+            """One window's share of the normal equations (None: no training rows)."""
             k, L = S.shape[:2]
             lo = np.clip(warmup - t0, 0, L)
             hi = np.clip(batch.lengths[:k] - t0, 0, L)
             if hi[0] <= lo:
-                continue
+                return None
+            part = RidgeReadout(ridge, regularize_bias=regularize_bias)
             U, Y = batch.data[:k, t0 : t0 + L], target.data[:k, t0 : t0 + L]
             if hi[-1] == hi[0]:  # every sequence contributes the same rows: one product
                 rows = slice(lo, hi[0])
                 flat = [a[:, rows].reshape(-1, a.shape[-1]) for a in (U, S, Y)]
-                readout.accumulate(flat[:2], flat[2])
-                continue
+                return part.accumulate(flat[:2], flat[2])
             for b in range(k):
                 if hi[b] > lo:
                     rows = slice(lo, hi[b])
-                    readout.accumulate([U[b, rows], S[b, rows]], Y[b, rows])
+                    part.accumulate([U[b, rows], S[b, rows]], Y[b, rows])
+            return part
+
+        readout = RidgeReadout(ridge, regularize_bias=regularize_bias)
+        for part in self._windows(batch, None, normal_equations):
+            if part is not None:
+                readout.merge(part)  # in window order: the same sums whoever computed them
         self.readout_ = readout.solve()
         self.n_outputs_ = target.width
         return self
@@ -427,13 +434,17 @@ class DTESN:
         batch = _Batch(X)
         if batch.width != self.n_features_in_:
             raise ValueError(f"X has {batch.width} features, the model {self.n_features_in_}")
-        out = None
-        for t0, S in self._state_chunks(batch, initial_state):
+        dtype = self._ensure_reservoir(batch.width).dtype
+        out = np.zeros((*batch.data.shape[:2], self.n_outputs_), dtype)
+        readout = self.readout_
+
+        def outputs(t0: int, S: np.ndarray) -> None:
             k, L = S.shape[:2]
-            if out is None:
-                out = np.zeros((*batch.data.shape[:2], self.n_outputs_), S.dtype)
             U = batch.data[:k, t0 : t0 + L].astype(S.dtype, copy=False)
-            out[:k, t0 : t0 + L] = self.readout_.predict([U, S])
+            out[:k, t0 : t0 + L] = readout.predict([U, S])  # windows write disjoint rows
+
+        for _ in self._windows(batch, initial_state, outputs):
+            pass
         return batch.unpack(out)
 
     def generate(self, n_steps: int, warmup: Any, *, return_states: bool = False) -> Any:

@@ -111,6 +111,21 @@ class RidgeReadout:
         self.n_samples_ += n
         return self
 
+    def merge(self, other: RidgeReadout) -> RidgeReadout:
+        """Add the normal equations ``other`` accumulated (same widths) to these."""
+        if other.n_samples_ == 0:
+            return self
+        if self.n_samples_ == 0:
+            self.gram_, self.xty_ = other.gram_.copy(), other.xty_.copy()
+            self._widths = other._widths
+        elif other._widths != self._widths or other.xty_.shape != self.xty_.shape:
+            raise ValueError("feature/target widths differ between the merged readouts")
+        else:
+            self.gram_ += other.gram_
+            self.xty_ += other.xty_
+        self.n_samples_ += other.n_samples_
+        return self
+
     def _system(self) -> np.ndarray:
         """The regularised normal matrix G + ridge·D, symmetric (upper blocks mirrored)."""
         G = np.triu(self.gram_)
