@@ -44,6 +44,7 @@ for the same reason.
 from __future__ import annotations
 
 import math
+import threading
 
 import llvmlite.ir as llvm_ir
 import numba
@@ -51,6 +52,8 @@ import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
+from . import _barrier
+from ._barrier import arrive_and_wait
 from ._tiles import CSR_LANES, GROUP, csr_tiles, grouped_tiles
 from ._tiles import LANES as TILE_LANES
 
@@ -116,14 +119,6 @@ def _compile_tiles(tiles, ptr, cols, vals, dtype) -> None:
     with: the layout's arrays, two C-contiguous (N, lanes) buffers and an int64 lane count."""
     buffer = numba.types.Array(numba.from_dtype(dtype), 2, "C")
     _compile_slp(tiles, *_layout_types(ptr, cols, vals), buffer, buffer, numba.types.int64)
-
-
-def euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps) -> None:
-    """``euler_csr_single`` with W in the row-group layout (``reservoir.row_groups``)."""
-    x0 = np.ascontiguousarray(x0)
-    row = numba.typeof(x0)
-    _compile_slp(_grouped_matvec_add, *_layout_types(gptr, gcols, gvals), row, row)
-    _euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps)
 
 
 def euler_grouped_batch(
@@ -319,27 +314,90 @@ def _grouped_matvec_add(gptr, gcols, gvals, x, out):  # pragma: no cover - compi
 
 
 @_jit()
-def _euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps):  # pragma: no cover
-    """``euler_csr_single`` with W stored by row groups (see ``_grouped_matvec_add``)."""
+def _euler_grouped_rows(
+    gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps, g0, g1, counters, me, threads
+):  # pragma: no cover - compiled
+    """``_euler_csr_rows`` with W stored by row groups (see ``_grouped_matvec_add``): this
+    thread owns the rows of groups g0 … g1−1 (the last may be partial)."""
+    N = P.shape[1]
+    r0 = g0 * GROUP
+    r1 = min(g1 * GROUP, N)
+    ptr = gptr[g0 : g1 + 1]
     prev = x0
     for t in range(n_steps):
         cur = P[t]
-        _grouped_matvec_add(gptr, gcols, gvals, prev, cur)
-        _activate(cur, prev, a, tanh, leaky)
+        _grouped_matvec_add(ptr, gcols, gvals, prev, cur[r0:r1])
+        _activate(cur[r0:r1], prev[r0:r1], a[r0:r1], tanh, leaky)
+        arrive_and_wait(counters, me, threads, t + 1)
         prev = cur
 
 
 @_jit()
-def euler_csr_single(indptr, indices, data, P, x0, a, tanh, leaky, n_steps):  # pragma: no cover
+def _euler_csr_rows(
+    indptr, indices, data, P, x0, a, tanh, leaky, n_steps, r0, r1, counters, me, threads
+):  # pragma: no cover - compiled
     """In place: row t of P (T, N) holds p_t = W_in u_t + b and becomes the state
     x_t = x_{t−1} + a ⊙ (f(W x_{t−1} + p_t) − x_{t−1}) (f(…) itself when not ``leaky``), with
-    x_{−1} = x0. Only the first ``n_steps`` rows are advanced."""
+    x_{−1} = x0, for the first ``n_steps`` rows — of this thread's units r0 … r1−1 only.
+    The ``threads`` threads sharing the sequence meet after every step (``_barrier``)."""
+    ptr = indptr[r0 : r1 + 1]
     prev = x0
     for t in range(n_steps):
         cur = P[t]
-        _csr_matvec_add(indptr, indices, data, prev, cur)
-        _activate(cur, prev, a, tanh, leaky)
+        _csr_matvec_add(ptr, indices, data, prev, cur[r0:r1])
+        _activate(cur[r0:r1], prev[r0:r1], a[r0:r1], tanh, leaky)
+        arrive_and_wait(counters, me, threads, t + 1)
         prev = cur
+
+
+def _share_rows(kernel, layout, bounds, P, x0, a, tanh, leaky, n_steps) -> None:
+    """Run ``kernel`` over one sequence, thread k owning the units between bounds[k] and
+    bounds[k + 1] (row groups or rows): the caller's thread takes the first share, helper
+    threads the others. Every row is computed exactly as by one thread."""
+    x0 = np.ascontiguousarray(x0)
+    threads = len(bounds) - 1
+    counters = _barrier.counters(threads)
+    args = (*layout, P, x0, a, tanh, leaky)
+    if threads > 1:  # compile (or load) here, not in threads that others would spin on
+        kernel(*args, 0, bounds[0], bounds[1], _barrier.counters(1), 0, 1)
+
+    def share(k: int) -> None:
+        kernel(*args, n_steps, bounds[k], bounds[k + 1], counters, k, threads)
+
+    helpers = [threading.Thread(target=share, args=(k,)) for k in range(1, threads)]
+    for helper in helpers:
+        helper.start()
+    share(0)
+    for helper in helpers:
+        helper.join()
+
+
+def _balanced(ptr: np.ndarray, threads: int, align: int) -> list[int]:
+    """Bounds splitting the units (rows or row groups) indexed by ``ptr`` (their entries
+    start at ptr[i]) into ``threads`` runs of about equal entries, at multiples of ``align``."""
+    units = ptr.size - 1
+    targets = ptr[-1] * np.arange(1, threads) / threads
+    cuts = np.searchsorted(ptr.astype(np.float64), targets) // align * align
+    return sorted({0, units, *(int(c) for c in cuts if 0 < c < units)})
+
+
+def euler_grouped_single(gptr, gcols, gvals, P, x0, a, tanh, leaky, n_steps, threads=1) -> None:
+    """``euler_csr_single`` with W in the row-group layout (``reservoir.row_groups``)."""
+    row = numba.typeof(np.ascontiguousarray(x0))
+    _compile_slp(_grouped_matvec_add, *_layout_types(gptr, gcols, gvals), row, row)
+    bounds = _balanced(gptr, threads, 1)
+    layout = (gptr, gcols, gvals)
+    _share_rows(_euler_grouped_rows, layout, bounds, P, x0, a, tanh, leaky, n_steps)
+
+
+def euler_csr_single(indptr, indices, data, P, x0, a, tanh, leaky, n_steps, threads=1) -> None:
+    """One sequence in place in P (T, N): row t holds p_t = W_in u_t + b and becomes the
+    state x_t (see ``_euler_csr_rows``). ``threads`` > 1 splits the units between that many
+    threads (a busy-waiting barrier per step: only with a core per thread); the states are
+    the same bit for bit."""
+    bounds = _balanced(indptr, threads, 8)  # 8 float64 states: one cache line per owner
+    layout = (indptr, indices, data)
+    _share_rows(_euler_csr_rows, layout, bounds, P, x0, a, tanh, leaky, n_steps)
 
 
 @_jit(contract=False)  # the same operations and roundings as ``Reservoir.project``

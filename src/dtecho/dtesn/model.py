@@ -316,7 +316,14 @@ class DTESN:
         lengths = None if batch.uniform else batch.lengths
         return res.run(batch.data, x0=x0, lengths=lengths)
 
-    def _windows(self, batch: _Batch, initial_state: np.ndarray | None, work: Callable):
+    def _windows(
+        self,
+        batch: _Batch,
+        initial_state: np.ndarray | None,
+        work: Callable,
+        *,
+        share_rows: bool = True,
+    ):
         """work(t0, S) for consecutive time windows, in order: S (k, L, N) holds the states
         of steps t0 … t0+L−1 of the k sequences still running at t0 (a prefix: they are
         sorted by length). fit and predict reduce these, so the (B, T, N) states never exist
@@ -327,7 +334,8 @@ class DTESN:
         (fit's normal equations, BLAS) that thread also takes the work of the newest
         windows (``_pipeline.overlapped``), so both cores stay busy. ``work`` must depend
         on its arguments alone: the results are then the same bit for bit, whichever
-        thread ran them."""
+        thread ran them. ``share_rows=False`` keeps a sequence's own units on one thread
+        (``Reservoir.run``), for work that keeps another core busy."""
         res = self._ensure_reservoir(batch.width)
         lengths = batch.lengths
         B, N = len(lengths), res.units
@@ -343,7 +351,8 @@ class DTESN:
             L = min(span, int(lengths[0]) - t0)
             steps = np.minimum(lengths[:k] - t0, L)
             ragged = steps if steps[-1] < L else None
-            S = res.run(batch.data[:k, t0 : t0 + L], x0=x[:k], lengths=ragged)
+            U = batch.data[:k, t0 : t0 + L]
+            S = res.run(U, x0=x[:k], lengths=ragged, share_rows=share_rows)
             x[:k] = S[np.arange(k), steps - 1]
             return t0, S
 
@@ -389,7 +398,8 @@ class DTESN:
             return part
 
         readout = RidgeReadout(ridge, regularize_bias=regularize_bias)
-        for part in self._windows(batch, None, normal_equations):
+        # one thread integrates (share_rows=False): the other forms normal equations meanwhile
+        for part in self._windows(batch, None, normal_equations, share_rows=False):
             if part is not None:
                 readout.merge(part)  # in window order: the same sums whoever computed them
         self.readout_ = readout.solve()

@@ -52,6 +52,9 @@ def _numba_kernels() -> ModuleType | None:
 _DENSE_EIG_MAX = 128  # LAPACK eigvals below this size; ARPACK above (much faster at N ≥ 300)
 _DENSE_MAX_BYTES = 512 * 2**20  # never materialise a dense W larger than this
 _EXACT_PROJECT_MAX_D = 16  # inputs this narrow are projected column by column (see project)
+# One sequence splits its units between n_jobs threads only with this many stored entries of
+# W per thread: a step must take several microseconds for a per-step barrier to pay.
+_ROW_SHARE_ENTRIES = 16384
 # rows per group of the row-group layout; sequences per register tile of the batched
 # row-group kernel. _tilegen (plain Python) holds them for the generated kernels too.
 ROW_GROUP = _tilegen.GROUP
@@ -282,8 +285,11 @@ class Reservoir:
     extra), "numpy" never does, "auto" uses Numba when it is installed. Both give the same
     states up to rounding (~1e-15; each is bit-identical batched and alone when W is CSR);
     other integrators always use the NumPy loop. ``n_jobs``:
-    threads for the compiled batched loop, each advancing its own share of the sequences
-    (at least 8 each); the states do not depend on it, bit for bit.
+    threads for the compiled loop: a batch is split between them (at least 8 sequences
+    each); one sequence of a large enough reservoir (``_ROW_SHARE_ENTRIES`` stored entries
+    of W per thread) has its units split between them, the threads meeting after every step
+    on a busy-waiting barrier (``_barrier``), so only with a core per thread. The states do
+    not depend on it, bit for bit.
     """
 
     def __init__(
@@ -463,13 +469,20 @@ class Reservoir:
         return P
 
     def run_projected(
-        self, P: np.ndarray, x0: np.ndarray | None = None, lengths: np.ndarray | None = None
+        self,
+        P: np.ndarray,
+        x0: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
+        *,
+        share_rows: bool = True,
     ) -> np.ndarray:
         """Overwrite projected inputs P (B, T, N) with the states; returns P.
 
         ``x0`` (B, N) is the state before the first sample (zeros if None). ``lengths`` (B,)
         non-increasing: sequence b only advances for t < lengths[b] (rows past its end are
         left untouched), so a padded batch gives exactly the states of each sequence alone.
+        ``share_rows=False``: one sequence runs on one thread whatever ``n_jobs`` (for a
+        caller that keeps the other cores busy itself).
         """
         B, T, N = P.shape
         if P.dtype != self.dtype or self.units != N:
@@ -478,7 +491,7 @@ class Reservoir:
         compiled = self._compiled()
         dense = self._use_dense(B, compiled)
         if compiled and not dense:
-            self._run_compiled(P, x, active)
+            self._run_compiled(P, x, active, share_rows=share_rows)
             return P
         M = self._matrices(dense)
         # affine(x, p, out): out = x·Wᵀ + p, out contiguous (the state views are strided).
@@ -521,7 +534,13 @@ class Reservoir:
         return x, [int(np.count_nonzero(lengths > t)) for t in range(T)]
 
     def _run_compiled(
-        self, P: np.ndarray, x: np.ndarray, active: list[int], U: np.ndarray | None = None
+        self,
+        P: np.ndarray,
+        x: np.ndarray,
+        active: list[int],
+        U: np.ndarray | None = None,
+        *,
+        share_rows: bool = True,
     ) -> None:
         """The Euler loop over CSR W in the Numba kernels (see ``_kernels``), in place in P.
         With ``U`` (batches only) P's contents are ignored and the kernel projects U itself."""
@@ -533,10 +552,12 @@ class Reservoir:
         if P.shape[0] == 1:
             steps = sum(1 for k in active if k)
             if self._use_groups():
-                gp, gc, gv = self._row_groups()
-                kernels.euler_grouped_single(gp, gc, gv, P[0], x[0], a, tanh, leaky, steps)
+                layout, run = self._row_groups(), kernels.euler_grouped_single
+                entries = self._row_group_entries()
             else:
-                kernels.euler_csr_single(ip, ix, data, P[0], x[0], a, tanh, leaky, steps)
+                layout, run, entries = (ip, ix, data), kernels.euler_csr_single, data.size
+            threads = min(self.n_jobs, entries // _ROW_SHARE_ENTRIES) if share_rows else 1
+            run(*layout, P[0], x[0], a, tanh, leaky, steps, max(threads, 1))
             return
         steps = np.asarray(active, dtype=np.int64)
         fused = U is not None
@@ -624,7 +645,12 @@ class Reservoir:
             P[:k, t] = xs
 
     def run(
-        self, U: np.ndarray, x0: np.ndarray | None = None, lengths: np.ndarray | None = None
+        self,
+        U: np.ndarray,
+        x0: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
+        *,
+        share_rows: bool = True,
     ) -> np.ndarray:
         """States (B, T, N) for inputs U (B, T, d_in); see ``run_projected`` (rows past the
         end of a shorter sequence hold no state: its projected inputs, or zeros)."""
@@ -644,7 +670,7 @@ class Reservoir:
                 for b, L in enumerate(np.asarray(lengths)):
                     S[b, L:] = 0
             return S
-        return self.run_projected(self.project(U), x0, lengths)
+        return self.run_projected(self.project(U), x0, lengths, share_rows=share_rows)
 
     def esp_check(self, n_steps: int = 1000, *, seed: int = 0, tol: float = 1e-6) -> ESPReport:
         """Echo-state diagnostics (see ``ESPReport``); drives with u ~ U[−1, 1]."""
