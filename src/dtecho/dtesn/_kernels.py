@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import threading
 
+import llvmlite.binding as llvm_binding
 import llvmlite.ir as llvm_ir
 import numba
 import numpy as np
@@ -71,6 +72,12 @@ _EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(14))
 _BLOCK = 8  # units per block when copying between (B, ·, N) rows and (N, B) states
 
 _compiled: set[tuple] = set()
+# The register tiles (8 rows × 16 sequences of partial sums) fit in AVX-512's 32 vector
+# registers; with AVX2's 16 they spill (``Reservoir._sparse_costs`` prices that).
+try:
+    WIDE_REGISTERS = bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+except RuntimeError:  # LLVM cannot read this CPU's features
+    WIDE_REGISTERS = False
 # sha256 of ``_tiles.py``. Numba's cache keys a compiled kernel by its own file only, so a
 # kernel here that links the tiles would keep stale tiles from the cache after _tiles.py
 # alone changed; the tests require this digest to match, which makes regenerating the tiles

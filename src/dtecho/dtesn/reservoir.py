@@ -368,8 +368,11 @@ class Reservoir:
         ``row_groups``). Batched: CSR 1.7 per nonzero plus 0.10 (float64) or 0.04 (float32)
         per nonzero and sequence; row groups 0.035 (0.017) per stored entry and sequence,
         the batch rounded up to whole register tiles of ``_TILE_LANES`` sequences (the
-        kernel runs the spare lanes on zeros). The row-group layout is only considered while
-        it stores at most twice the nonzeros (else ``inf``): a padded layout also outgrows
+        kernel runs the spare lanes on zeros) — on CPUs with AVX-512's 32 vector registers.
+        With 16 (AVX2) a tile's 128 sums do not fit in registers and spill: 0.16 (0.075),
+        measured on an AMD EPYC of the Zen 3 class, a little above CSR there. The row-group
+        layout is only considered while it stores at most twice the nonzeros (else
+        ``inf``): a padded layout also outgrows
         the caches (a random 10 % dense W of 1000 units pads 8× and runs 5× slower for one
         sequence)."""
         nnz = self.W.nnz
@@ -383,7 +386,10 @@ class Reservoir:
         if batch == 1:
             return csr, (0.06 if f32 else 0.08) * entries
         lanes = -(-batch // _TILE_LANES) * _TILE_LANES
-        return csr, (0.017 if f32 else 0.035) * lanes * entries
+        kernels = _numba_kernels()
+        if kernels is not None and kernels.WIDE_REGISTERS:
+            return csr, (0.017 if f32 else 0.035) * lanes * entries
+        return csr, (0.075 if f32 else 0.16) * lanes * entries
 
     def _row_group_entries(self) -> int:
         """Entries (zeros included) W takes in the row-group layout; counted once."""
