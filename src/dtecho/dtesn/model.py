@@ -151,8 +151,11 @@ class DTESN:
         "dense" or "sparse" recurrent products. regularize_bias: penalise the intercept too.
       backend: "auto" (compiled Numba kernels for the Euler loop when the ``fast`` extra is
         installed), "numpy" or "numba"; the choice changes speed, not results (to ~1e-15).
-      n_jobs: threads for the compiled loop over a batch (sequences split between them);
-        the results do not depend on it.
+      n_jobs: threads for the compiled loop: a batch's sequences are split between them;
+        one sequence of a large reservoir (≥ 16,384 stored entries of W per thread) has its
+        units split between them, the threads busy-waiting for each other after every step
+        (so give each a core of its own). fit integrates on one thread either way, its
+        second forming the normal equations. The results do not depend on it, bit for bit.
     """
 
     def __init__(
