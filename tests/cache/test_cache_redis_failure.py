@@ -74,6 +74,10 @@ async def test_a_redis_where_nothing_listens_degrades_to_memory(make_cache, key)
 async def test_redis_killed_mid_test_then_restarted(make_cache, key, redis_process, eventually):
     a = await make_cache(redis=redis_process.url)
     b = await make_cache(redis=redis_process.url)
+    # what is tested is the kill and restart: start from two caches connected and subscribed
+    # (on a loaded machine a first subscribe can time out and is retried in the background)
+    ready = ("l3_available", "l3_subscribed")
+    await eventually(lambda: all(c.metrics()[k] for c in (a, b) for k in ready))
     await a.set(key("before"), "shared", compute_seconds=0.1, tags=["t"])
     assert (await b.get(key("before"))).tier == "L3"
     assert b.metrics()["l3_subscribed"] is True
