@@ -91,3 +91,29 @@ def test_model_with_n_jobs_splits_one_sequence_and_changes_nothing(weights, monk
     predictions = {n: m.fit(X, Y, warmup=50).predict(X) for n, m in models.items()}
     np.testing.assert_array_equal(predictions[2], predictions[1])
     assert np.sqrt(np.mean((predictions[1][50:] - Y[50:]) ** 2)) < 0.1 * Y.std()
+
+
+def test_a_thread_that_cannot_start_fails_the_call_without_leaving_others_waiting(monkeypatch):
+    """Three shares, the second helper cannot start (as when the process is out of
+    threads): the call raises, and the helper that did start is released, not left spinning
+    on the barrier for ever."""
+    import threading
+
+    model = DTESN(203, weights="grouped", backend="numba", seed=3)
+    model.run(U[:2])
+    res = model.reservoir_
+    P = res.project(U[None])[0]
+    x0 = np.zeros(res.units)
+    a = res.leak.astype(res.dtype)
+    original, starts = threading.Thread.start, []
+
+    def start(self):
+        starts.append(self)
+        if len(starts) == 2:
+            raise RuntimeError("can't start new thread")
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start"):
+        _kernels.euler_grouped_single(*res._row_groups(), P, x0, a, True, False, len(U), 3)
+    assert len(starts) == 2 and not starts[0].is_alive()

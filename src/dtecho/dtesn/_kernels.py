@@ -378,10 +378,20 @@ def _share_rows(kernel, layout, bounds, P, x0, a, tanh, leaky, n_steps) -> None:
         kernel(*args, n_steps, bounds[k], bounds[k + 1], counters, k, threads)
 
     helpers = [threading.Thread(target=share, args=(k,)) for k in range(1, threads)]
-    for helper in helpers:
-        helper.start()
+    started = []
+    try:
+        for helper in helpers:
+            helper.start()
+            started.append(helper)
+    except BaseException:
+        # a thread that could not start would leave the others waiting for it forever:
+        # mark every share finished, so that they run through (P is garbage then), and fail
+        counters[:] = n_steps
+        for helper in started:
+            helper.join()
+        raise
     share(0)
-    for helper in helpers:
+    for helper in started:
         helper.join()
 
 
