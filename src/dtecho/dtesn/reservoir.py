@@ -372,9 +372,8 @@ class Reservoir:
         With 16 (AVX2) a tile's 128 sums do not fit in registers and spill: 0.16 (0.075),
         measured on an AMD EPYC of the Zen 3 class, a little above CSR there. The row-group
         layout is only considered while it stores at most twice the nonzeros (else
-        ``inf``): a padded layout also outgrows
-        the caches (a random 10 % dense W of 1000 units pads 8× and runs 5× slower for one
-        sequence)."""
+        ``inf``): a padded layout also outgrows the caches (a random 10 % dense W of 1000
+        units pads 8× and runs 5× slower for one sequence)."""
         nnz = self.W.nnz
         f32 = self.dtype == np.float32
         csr = 0.4 * nnz if batch == 1 else (1.7 + (0.04 if f32 else 0.10) * batch) * nnz
