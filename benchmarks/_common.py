@@ -118,6 +118,47 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_arch() -> str | None:
+    """LLVM's name for the host CPU (e.g. ``znver4``, ``sapphirerapids``): what the compiled
+    kernels were built for, and a finer name than the model string, which VMs often trim."""
+    try:
+        import llvmlite.binding as llvm
+    except ImportError:
+        return None
+    return llvm.get_host_cpu_name()
+
+
+def _simd() -> list[str]:
+    """The vector extensions that decide which kernel paths are fast (``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return [x for x in ("avx2", "fma", "avx512f") if x in flags]
+
+
+def _git_commit() -> str | None:
+    """The commit measured, with ``+dirty`` when the working tree has changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def _blas() -> dict[str, Any]:
     import numpy as np
 
@@ -139,9 +180,13 @@ def _version(module: str) -> str | None:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    """CPU, cores, load, BLAS build, library versions and the pinned thread count."""
+    """CPU (model, LLVM's architecture name, vector extensions), cores, load, BLAS build,
+    library versions, the commit measured and the pinned thread count."""
     return {
         "cpu": _cpu_model(),
+        "cpu_arch": _cpu_arch(),
+        "simd": _simd(),
+        "commit": _git_commit(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "loadavg_1_5_15": list(os.getloadavg()),
