@@ -47,8 +47,17 @@ run: "dtesn" and "reservoirpy" are CHOSEN + STAGE2 (the validated choices, judge
 targets), "dtesn_plain" the DTESN's one-membrane grid winner (a plain leaky ESN, the same
 search space as ReservoirPy) shown for reference. Nothing is chosen on test data.
 Targets: ≤ 0.29 at 100 units, ≤ 0.13 at 1000 units, and no worse than ReservoirPy (mean).
+The summary also gives the paired difference (DTESN − ReservoirPy, per run) with its
+standard error, which says whether a gap between the means is more than run-to-run noise.
 
-    python benchmarks/narma.py [--quick] [--threads N] [--sizes 100 1000]
+Extended test (``--extended``), decided after the 20-run test at 100 units came out a tie
+(means 0.1975 / 0.1971, 9 of 20 paired wins) and written down before it was first run: the
+same validated settings, unchanged, on 10 fresh series (seeds 11 … 20) × 10 fresh network
+seeds (20 … 29), 100 paired runs per size; no series or seed of it was used in tuning or in
+the 20-run test. Its result is reported whatever it shows, beside the 20-run test, which
+stays the protocol's test.
+
+    python benchmarks/narma.py [--quick] [--threads N] [--sizes 100 1000] [--extended]
     python benchmarks/narma.py --tune --sizes 100 [--libs dtesn reservoirpy] --out FILE
     python benchmarks/narma.py --tune --sizes 1000 --libs dtesn --part 0 2 --cache c0.json
     python benchmarks/narma.py --tune --sizes 1000 --libs dtesn --part 1 2 --cache c1.json
@@ -81,6 +90,8 @@ WASHOUT, TRAIN, TEST = 200, 3000, 2200
 CONNECTIVITY = 0.1
 TEST_SERIES = (0, 2, 3, 4, 5)
 TEST_SEEDS = (10, 11, 12, 13)  # network seeds for every test series (none used in tuning)
+EXTENDED_SERIES = tuple(range(11, 21))  # --extended: fresh series and network seeds
+EXTENDED_SEEDS = tuple(range(20, 30))
 VAL_SERIES = (1, 6, 7, 8, 9, 10)
 VAL_SEEDS = {100: (0, 1, 2, 3), 1000: (0, 1)}  # network seeds of the validation runs
 SCREEN = {1000: (VAL_SERIES, (0,), 8)}  # size: (series, network seeds, settings kept), stage 1
@@ -410,9 +421,9 @@ def refinements(p: dict) -> tuple[dict, ...]:
     ]
 
 
-def evaluate(sizes, n_series: int) -> list[dict]:
+def evaluate(sizes, test_series, test_seeds) -> list[dict]:
     rows = []
-    for s, seed in itertools.product(TEST_SERIES[:n_series], TEST_SEEDS):
+    for s, seed in itertools.product(test_series, test_seeds):
         X, Y = series(s)
         for units, lib in itertools.product(sizes, EVALUATED):
             t0 = time.perf_counter()
@@ -454,12 +465,20 @@ def main() -> None:
         help="(--tune) screen only grid settings I, I+N, I+2N, … into --cache, then stop",
     )
     parser.add_argument("--dtesn-weights", choices=("random", "grouped"), default="random")
+    parser.add_argument(
+        "--extended",
+        action="store_true",
+        help="test on the 10 × 10 fresh series and network seeds (module docstring)",
+    )
     args = parser.parse_args()
     DTESN_WEIGHTS["weights"] = args.dtesn_weights
     sizes = (100,) if args.quick else (100, 1000)
     if args.sizes:
         sizes = tuple(args.sizes)
-    n_series = 2 if args.quick else len(TEST_SERIES)
+    test_series = TEST_SERIES[: 2 if args.quick else None]
+    test_seeds = TEST_SEEDS
+    if args.extended:
+        test_series, test_seeds = EXTENDED_SERIES[: 2 if args.quick else None], EXTENDED_SEEDS
     info = machine_info(THREADS)
     payload = {
         "machine": info,
@@ -468,8 +487,9 @@ def main() -> None:
             "washout": WASHOUT,
             "train_rows": TRAIN,
             "test_rows": TEST,
-            "test_series": TEST_SERIES[:n_series],
-            "test_network_seeds": TEST_SEEDS,
+            "test_series": test_series,
+            "test_network_seeds": test_seeds,
+            "extended": args.extended,
             "val_network_seeds": VAL_SEEDS,
             "val_series": VAL_SERIES,
             "connectivity": CONNECTIVITY,
@@ -489,12 +509,15 @@ def main() -> None:
             return
         write_json("narma_tuning", payload, args.out)
         return
-    rows = evaluate(sizes, n_series)
+    rows = evaluate(sizes, test_series, test_seeds)
     print_table(rows, ["lib", "units", "series", "seed", "nrmse", "seconds"], "NARMA10 test NRMSE")
     summary = []
     for units, lib in itertools.product(sizes, ("dtesn", "dtesn_plain")):
-        ours = [r["nrmse"] for r in rows if r["lib"] == lib and r["units"] == units]
-        theirs = [r["nrmse"] for r in rows if r["lib"] == "reservoirpy" and r["units"] == units]
+        ours = np.array([r["nrmse"] for r in rows if r["lib"] == lib and r["units"] == units])
+        theirs = np.array(
+            [r["nrmse"] for r in rows if r["lib"] == "reservoirpy" and r["units"] == units]
+        )
+        diff = ours - theirs  # paired: the rows come in the same (series, seed) order
         summary.append(
             {
                 "units": units,
@@ -505,7 +528,9 @@ def main() -> None:
                 "reservoirpy_mean": float(np.mean(theirs)),
                 "reservoirpy_median": float(np.median(theirs)),
                 "reservoirpy_std": float(np.std(theirs)),
-                "dtesn_wins": int(np.sum(np.array(ours) < np.array(theirs))),
+                "mean_diff": float(diff.mean()),
+                "diff_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                "dtesn_wins": int(np.sum(ours < theirs)),
                 "runs": len(ours),
                 "target": TARGETS[units],
                 "met_target": float(np.mean(ours)) <= TARGETS[units],
@@ -515,8 +540,9 @@ def main() -> None:
     print_table(
         summary,
         list(summary[0]),
-        f"Targets (mean over {n_series} test series × {len(TEST_SEEDS)} network seeds; "
-        "dtesn_wins: paired runs where the DTESN's NRMSE is lower)",
+        f"Targets (mean over {len(test_series)} test series × {len(test_seeds)} network seeds; "
+        "mean_diff ± diff_se: paired DTESN − ReservoirPy; dtesn_wins: paired runs where the "
+        "DTESN's NRMSE is lower)",
     )
     info["loadavg_end"] = list(os.getloadavg())
     chosen = {lib: {u: settings(lib, u) for u in sizes} for lib in EVALUATED}
