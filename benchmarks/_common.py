@@ -107,15 +107,20 @@ def dgemm_gflops(n: int = 2000, dtype: str = "float64", repeats: int = 5) -> flo
     return 2.0 * n**3 / t["best_s"] / 1e9
 
 
-def _cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line's value in ``/proc/cpuinfo`` (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_arch() -> str | None:
@@ -130,11 +135,7 @@ def _cpu_arch() -> str | None:
 
 def _simd() -> list[str]:
     """The vector extensions that decide which kernel paths are fast (``/proc/cpuinfo``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return []
+    flags = (_cpuinfo("flags") or "").split()
     return [x for x in ("avx2", "fma", "avx512f") if x in flags]
 
 

@@ -51,11 +51,11 @@ The summary also gives the paired difference (DTESN − ReservoirPy, per run) wi
 standard error, which says whether a gap between the means is more than run-to-run noise.
 
 Extended test (``--extended``), decided after the 20-run test at 100 units came out a tie
-(means 0.1975 / 0.1971, 9 of 20 paired wins) and written down before it was first run: the
-same validated settings, unchanged, on 10 fresh series (seeds 11 … 20) × 10 fresh network
-seeds (20 … 29), 100 paired runs per size; no series or seed of it was used in tuning or in
-the 20-run test. Its result is reported whatever it shows, beside the 20-run test, which
-stays the protocol's test.
+(means 0.1975 / 0.1971 on the machine of that run, 9 of 20 paired wins) and written down
+before it was first run: the same validated settings, unchanged, on 10 fresh series (seeds
+11 … 20) × 10 fresh network seeds (20 … 29), 100 paired runs per size; no series or seed
+of it was used in tuning or in the 20-run test. Its result is reported whatever it shows,
+beside the 20-run test, which stays the protocol's test.
 
     python benchmarks/narma.py [--quick] [--threads N] [--sizes 100 1000] [--extended]
     python benchmarks/narma.py --tune --sizes 100 [--libs dtesn reservoirpy] --out FILE
