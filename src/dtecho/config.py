@@ -22,18 +22,32 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "AuthSettings",
     "BatchingSettings",
     "CacheSettings",
     "ConfigError",
     "DtesnModelSpec",
     "DtesnSettings",
     "InProcessModelSpec",
+    "JwtIssuerSettings",
+    "LimitProfile",
+    "LimitsSettings",
     "ModelSpec",
     "OpenAIModelSpec",
+    "Secret",
     "Settings",
     "load_settings",
     "redact_url",
@@ -111,6 +125,126 @@ class BatchingSettings(BaseModel):
     parallel: int = Field(0, ge=0, le=64)
 
 
+def _resolve_reference(value: Any) -> Any:
+    # The resolver is a leaf module (stdlib + hvac, no dtecho imports), so settings may use it.
+    from dtecho.security.secrets import SecretError, resolve_secret
+
+    if isinstance(value, SecretStr):
+        return value
+    if not isinstance(value, str):
+        return value
+    try:
+        return SecretStr(resolve_secret(value))
+    except SecretError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_reference)]
+"""A secret setting: a literal, or a reference ``env:NAME``, ``file:/path`` or
+``vault:mount/path#field`` resolved at load. Shown as ``**********`` everywhere."""
+
+
+class LimitProfile(BaseModel):
+    """Limits of one principal (or one principal on one model); ``None`` means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1)  # requests per minute
+    tpm: int | None = Field(None, ge=1)  # tokens (prompt + completion) per minute
+    max_parallel: int | None = Field(None, ge=1)  # requests in flight at once
+    token_budget: int | None = Field(None, ge=1)  # tokens per budget period
+    budget_period: Literal["day", "month"] = "day"
+
+
+class JwtIssuerSettings(BaseModel):
+    """One trusted JWT issuer: where its keys come from and how its claims map to a principal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(min_length=1)  # the exact ``iss`` claim
+    audience: list[str] = Field(default_factory=list)  # ``aud`` must hold one, when given
+    jwks_url: str | None = Field(None, pattern=r"^https?://")
+    keys: list[Secret] = Field(default_factory=list)  # PEM, a JWK or JWKS as JSON, HS secrets
+    algorithms: list[
+        Literal[
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+            "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512",
+        ]
+    ] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"], min_length=1)  # fmt: skip
+    leeway_seconds: float = Field(30.0, ge=0, le=600)
+    required_claims: list[str] = Field(default_factory=lambda: ["exp", "iat"])
+    jwks_cache_seconds: float = Field(300.0, gt=0)
+    jwks_refetch_interval_seconds: float = Field(10.0, ge=0)  # unknown kid: at most one refetch
+    jwks_timeout_seconds: float = Field(5.0, gt=0)
+    subject_claim: str = "sub"
+    project_claim: str | None = "project"
+    roles_claim: str | None = "roles"  # a list or a space-separated string
+    scope_claim: str | None = "scope"  # OAuth scopes, read as roles too
+    models_claim: str | None = None  # a list of allowed models
+    limits_claim: str | None = None  # names a profile of ``limits.profiles``
+    default_roles: list[str] = Field(default_factory=list)
+    default_limits: LimitProfile | None = None
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> JwtIssuerSettings:
+        if not self.jwks_url and not self.keys:
+            raise ValueError("an issuer needs jwks_url or keys")
+        if any(alg.startswith("HS") for alg in self.algorithms) and not self.keys:
+            raise ValueError("HS* algorithms need a shared secret in keys (never from a JWKS)")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Who may call: ``none`` (every request is the anonymous principal), API keys, JWTs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "keys", "jwt", "keys+jwt"] = "none"
+    admin_key: Secret | None = None  # full access to /admin; a reference such as env:NAME
+    key_secret: Secret | None = None  # HMAC secret for stored key digests; default: data_dir
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health/live", "/health/ready", "/metrics"]
+    )
+    # How long an authenticated key stays in the in-process cache. Default: 1 s without Redis
+    # (so a revocation is seen within 1 s), 30 s with Redis (revocations are published).
+    key_cache_seconds: float | None = Field(None, ge=0, le=3600)
+    issuers: list[JwtIssuerSettings] = Field(default_factory=list)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # all request headers together
+
+    @model_validator(mode="after")
+    def _jwt_needs_issuers(self) -> AuthSettings:
+        if "jwt" in self.mode and not self.issuers:
+            raise ValueError(f"auth.mode {self.mode} needs at least one entry in auth.issuers")
+        return self
+
+
+class LimitsSettings(BaseModel):
+    """Per-principal and per-(principal, model) limits (``dtecho.limits``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    default: LimitProfile = Field(default_factory=LimitProfile)  # keys that set none
+    anonymous: LimitProfile = Field(default_factory=LimitProfile)  # auth.mode none
+    models: dict[str, LimitProfile] = Field(default_factory=dict)  # per principal on a model
+    profiles: dict[str, LimitProfile] = Field(default_factory=dict)  # named, for JWT claims
+    redis_url: str | None = None  # default: the server-wide redis_url
+    on_redis_failure: Literal["local", "deny"] = "local"
+    redis_retry_seconds: float = Field(1.0, gt=0)  # after a failure, local limits this long
+    default_max_tokens: int = Field(256, ge=1)  # reserved when a request sets no max_tokens
+    concurrency_lease_seconds: float = Field(600.0, gt=0)  # a lost replica's slots expire
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return _check_redis_scheme(value)
+
+
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
 
 
@@ -135,6 +269,7 @@ class OpenAIModelSpec(_ModelSpecBase):
     base_url: str = Field(pattern=r"^https?://")
     upstream_model: str | None = None  # default: the same name as ``name``
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key: Secret | None = None  # a literal or a reference (env:, file:, vault:)
     timeout_seconds: float = Field(600.0, gt=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
     max_connections: int = Field(256, ge=1)
@@ -183,6 +318,13 @@ class Settings(BaseSettings):
     models: list[ModelSpec] = Field(default_factory=_default_models, min_length=1)
     dtesn: DtesnSettings = Field(default_factory=DtesnSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    # The store: SQLite in data_dir by default; ``postgresql+asyncpg://…`` for a shared one.
+    # May be a secret reference (it can hold a password).
+    database_url: Secret | None = None
+    database_auto_migrate: bool = True  # apply Alembic migrations at start-up
+    usage_flush_seconds: float = Field(1.0, gt=0, le=300)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @field_validator("models")
     @classmethod
@@ -216,6 +358,27 @@ class Settings(BaseSettings):
             init_settings,
         )
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(
+            r"^(sqlite\+aiosqlite|postgresql\+asyncpg)://", value.get_secret_value()
+        ):
+            raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+    @property
+    def store_url(self) -> str:
+        """The SQLAlchemy URL of the store: ``database_url``, else SQLite in ``data_dir``."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite+aiosqlite:///{self.data_dir / 'dtecho.db'}"
+
+    @property
+    def limits_redis_url(self) -> str | None:
+        """The Redis shared limits use: their own URL, else the server-wide one."""
+        return self.limits.redis_url or self.redis_url
+
     @property
     def cache_redis_url(self) -> str | None:
         """The Redis the cache uses: its own URL, else the server-wide one."""
@@ -226,6 +389,8 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["redis_url"] = redact_url(data["redis_url"])
         data["cache"]["redis_url"] = redact_url(data["cache"]["redis_url"])
+        data["limits"]["redis_url"] = redact_url(data["limits"]["redis_url"])
+        data["store_url"] = redact_url(self.store_url)
         return data
 
 
@@ -296,8 +461,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         message = "unknown setting"
     value = error.get("input")
     shown = "" if error["type"] in {"extra_forbidden", "missing"} else f" (got {value!r})"
-    if "redis_url" in field:
-        shown = ""  # may hold a password
+    if any(part in field for part in ("redis_url", "database_url", "key", "secret")):
+        shown = ""  # may hold a password or a secret
     return f"invalid setting {field}: {message}{shown}"
 
 

@@ -8,6 +8,7 @@ OpenAI ``type`` and a default ``code``; ``param`` names the offending request fi
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "Conflict",
     "DtechoError",
     "EngineUnavailable",
@@ -17,6 +18,8 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
     "UpstreamError",
 ]
 
@@ -66,6 +69,34 @@ class ModelNotFound(NotFound):
 
     def __init__(self, model: str, *, param: str | None = "model") -> None:
         super().__init__(f"The model '{model}' does not exist.", param=param)
+
+
+class AuthenticationFailed(DtechoError):
+    """Missing, malformed, expired or revoked credentials (401 with ``WWW-Authenticate``)."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers.setdefault("www-authenticate", 'Bearer realm="dtecho"')
+
+
+class PermissionDenied(DtechoError):
+    """A valid principal asked for a model, project or operation it may not use (403)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "forbidden"
+
+
+class RateLimited(DtechoError):
+    """A request, token, concurrency or budget limit refused the request (429)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
 
 
 class Conflict(DtechoError):

@@ -1,0 +1,1 @@
+"""Principals, API keys, JWT/JWKS verification, secret references and the audit log."""
