@@ -390,7 +390,14 @@ class Settings(BaseSettings):
         data["redis_url"] = redact_url(data["redis_url"])
         data["cache"]["redis_url"] = redact_url(data["cache"]["redis_url"])
         data["limits"]["redis_url"] = redact_url(data["limits"]["redis_url"])
-        data["store_url"] = redact_url(self.store_url)
+        # SQLAlchemy's own parser: a password may hold "/", which redact_url would show.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            data["store_url"] = make_url(self.store_url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):  # unparseable (say a bad port): show none of it
+            data["store_url"] = "**********"
         return data
 
 
@@ -463,6 +470,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     shown = "" if error["type"] in {"extra_forbidden", "missing"} else f" (got {value!r})"
     if any(part in field for part in ("redis_url", "database_url", "key", "secret")):
         shown = ""  # may hold a password or a secret
+    if isinstance(value, dict | list):
+        shown = ""  # a section or list (auth, models) may hold a nested secret's literal value
     return f"invalid setting {field}: {message}{shown}"
 
 

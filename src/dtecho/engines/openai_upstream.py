@@ -61,10 +61,15 @@ class OpenAIUpstreamEngine:
 
     async def start(self) -> None:
         headers = {"accept-encoding": "identity"}
-        if self.spec.api_key_env:
+        # api_key (a literal or an env:/file:/vault: reference, resolved at settings load)
+        # wins over the older api_key_env, which names a variable read here.
+        key: str | None = None
+        if self.spec.api_key is not None:
+            key = self.spec.api_key.get_secret_value()
+        elif self.spec.api_key_env:
             key = os.environ.get(self.spec.api_key_env)
-            if key:
-                headers["authorization"] = f"Bearer {key}"
+        if key:
+            headers["authorization"] = f"Bearer {key}"
         self._session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(
