@@ -147,7 +147,7 @@ Secret = Annotated[SecretStr, BeforeValidator(_resolve_reference)]
 class LimitProfile(BaseModel):
     """Limits of one principal (or one principal on one model); ``None`` means unlimited."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     rpm: int | None = Field(None, ge=1)  # requests per minute
     tpm: int | None = Field(None, ge=1)  # tokens (prompt + completion) per minute
