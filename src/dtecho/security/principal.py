@@ -30,9 +30,7 @@ class Principal:
     project: str | None = None
     roles: frozenset[str] = frozenset()
     limits: LimitProfile = _NO_LIMITS
-    model_limits: Mapping[str, LimitProfile] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    model_limits: Mapping[str, LimitProfile] = field(default_factory=lambda: MappingProxyType({}))
     allowed_models: frozenset[str] | None = None  # None: every model
     key_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -17,8 +18,10 @@ from dtecho.observability.metrics import BatchMetrics, HttpMetrics
 from dtecho.server.caching import RouteCache
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
+from dtecho.server.gateway import start_gateway
 from dtecho.server.middleware import ServingMiddleware
-from dtecho.server.routes import cache, dtesn, dtesn_models, health, openai, pages
+from dtecho.server.routes import admin, cache, dtesn, dtesn_models, health, openai, pages
+from dtecho.server.security import SecurityMiddleware
 from dtecho.server.state import ServerState
 from dtecho.services.dtesn_models import ModelService
 from dtecho.services.dtesn_service import DtesnService
@@ -52,12 +55,54 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
         state.readiness["redis"] = redis_ready
         _log.info("redis_configured", url=redact_url(url))
 
+    await start_gateway(state, stack)
     await state.cache.cache.start()  # never fails for Redis trouble: L1/L2 serve meanwhile
     stack.push_async_callback(state.cache.cache.close)
     await state.models.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
     for name, engine in state.models.engines().items():
         state.readiness[f"model:{name}"] = engine.check_ready
+
+
+def _watch_gateway(state: ServerState) -> None:
+    """Counters of the auth/quota layer, which exists only while the app runs."""
+
+    def reading(read: Callable[[Any], Mapping[tuple[str, ...], int]]) -> Callable[[], Any]:
+        return lambda: read(state.gateway) if state.gateway is not None else {}
+
+    state.metrics.watch_counters(
+        "dtecho_rate_limit_decisions",
+        "Limiter decisions by outcome (allowed, refused, fallback, settle_error), reason and "
+        "backend (redis, local).",
+        ("outcome", "reason", "backend"),
+        reading(lambda gateway: gateway.limiter.counts()),
+    )
+    state.metrics.watch_counters(
+        "dtecho_auth_key_lookups",
+        "API key authentications by event (cache_hit, store_lookup, rejected, publish_error).",
+        ("event",),
+        reading(lambda gateway: gateway.authenticator.keys.counts()),
+    )
+    state.metrics.watch_counters(
+        "dtecho_auth_jwt",
+        "JWT verifications and JWKS fetches by event.",
+        ("event",),
+        reading(
+            lambda gateway: gateway.authenticator.jwt.counts() if gateway.authenticator.jwt else {}
+        ),
+    )
+    state.metrics.watch_counters(
+        "dtecho_usage_records",
+        "Usage accounting: recorded (requests), flushed (rows), flush_error (attempts).",
+        ("event",),
+        reading(lambda gateway: gateway.usage.counts()),
+    )
+    state.metrics.watch_counters(
+        "dtecho_audit_events",
+        "Audit log: written (events), flush_error (attempts), dropped (events).",
+        ("event",),
+        reading(lambda gateway: gateway.audit.counts()),
+    )
 
 
 def _response_cache(settings: Settings) -> ResponseCache:
@@ -115,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.dtesn.counts,
     )
 
+    _watch_gateway(state)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -137,8 +184,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dtesn_models.router)
     app.include_router(cache.router)
     app.include_router(pages.router)
-    # Inside the serving middleware, so fast answers get ids, headers, metrics and logs too.
+    app.include_router(admin.router)
+    # Inside the serving middleware, so fast answers get ids, headers, metrics and logs too;
+    # and inside the security layer, so that even a cached answer is authenticated and counted.
     app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=state.cache.aliases)
+    app.add_middleware(SecurityMiddleware, state=state)
     app.add_middleware(
         ServingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_request_bytes
     )

@@ -37,6 +37,10 @@ class ServerState:
     started_at: float = field(default_factory=time.time)
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
     redis: Any = None  # redis.asyncio.Redis once the lifespan has opened it
+    # Set by the lifespan (dtecho.server.gateway): the store, API keys and the auth/quota layer.
+    store: Any = None  # dtecho.store.Store
+    keys: Any = None  # dtecho.security.keys.KeyService
+    gateway: Any = None  # dtecho.server.security.Gateway
 
 
 def get_state(request: Request) -> ServerState:

@@ -1,0 +1,209 @@
+"""The admin API: API keys, usage and the audit log (admin key or ``admin`` role only).
+
+The security middleware has already refused non-admin principals before these run.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from dtecho.errors import InvalidRequest
+from dtecho.security.keys import IssuedKey, describe_key
+from dtecho.server.protocol_admin import CreateKeyRequest, RotateKeyRequest, UpdateKeyRequest
+from dtecho.server.state import ServerState, get_state
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _actor(request: Request) -> str:
+    principal = request.scope.get("state", {}).get("principal")
+    return principal.id if principal is not None else "unknown"
+
+
+def _audit(request: Request, action: str, target: str | None, **details: Any) -> None:
+    state = get_state(request)
+    assert state.gateway is not None
+    client = request.client
+    state.gateway.audit.record(
+        action,
+        "success",
+        actor=_actor(request),
+        target=target,
+        client_ip=client.host if client else None,
+        request_id=request.scope.get("state", {}).get("request_id"),
+        **details,
+    )
+
+
+def _keys(request: Request) -> Any:
+    state: ServerState = get_state(request)
+    assert state.keys is not None
+    return state.keys
+
+
+def _issued(issued: IssuedKey) -> dict[str, Any]:
+    data = describe_key(issued.record, [issued.secret])
+    data["key"] = issued.key  # the only time the key is ever shown
+    return data
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: CreateKeyRequest, request: Request) -> dict[str, Any]:
+    """Issue a key. The answer's ``key`` is the only copy: store it now."""
+    fields = body.record_fields()
+    issued = await _keys(request).create(
+        name=fields.get("name"),
+        project=fields.get("project"),
+        roles=fields.get("roles", []),
+        allowed_models=fields.get("allowed_models"),
+        limits=fields.get("limits"),
+        model_limits=fields.get("model_limits"),
+        metadata=fields.get("metadata"),
+        expires_at=fields.get("expires_at"),
+        created_by=_actor(request),
+    )
+    _audit(request, "key.create", issued.record.id, key=f"{issued.secret.prefix}…")
+    return _issued(issued)
+
+
+@router.get("/keys")
+async def list_keys(
+    request: Request,
+    include_revoked: bool = False,
+    project: str | None = Query(None, max_length=200),
+) -> dict[str, Any]:
+    """Every key (active and expired; revoked ones with ``include_revoked=true``)."""
+    records = await _keys(request).list(include_revoked=include_revoked, project=project)
+    return {"object": "list", "data": [describe_key(record) for record in records]}
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, request: Request) -> dict[str, Any]:
+    """One key with its secrets (prefix and last four only)."""
+    record, secrets = await _keys(request).get(key_id)
+    return describe_key(record, secrets)
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: UpdateKeyRequest, request: Request) -> dict[str, Any]:
+    """Change a key's name, project, roles, models, limits, metadata or expiry."""
+    fields = body.record_fields()
+    if not fields:
+        raise InvalidRequest("Give at least one field to change.", param="body")
+    record = await _keys(request).update(key_id, **fields)
+    _audit(request, "key.update", key_id, fields=sorted(fields))
+    return describe_key(record)
+
+
+@router.post("/keys/{key_id}/rotate")
+async def rotate_key(
+    key_id: str, request: Request, body: RotateKeyRequest | None = None
+) -> dict[str, Any]:
+    """A new secret for the key; the current one stays valid for ``grace_seconds``."""
+    grace = (body or RotateKeyRequest()).grace_seconds
+    issued = await _keys(request).rotate(key_id, grace_seconds=grace)
+    _audit(request, "key.rotate", key_id, grace_seconds=grace)
+    return _issued(issued)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
+    """Revoke the key and all its secrets, on every replica within a second."""
+    record = await _keys(request).revoke(key_id)
+    _audit(request, "key.revoke", key_id)
+    return describe_key(record)
+
+
+@router.delete("/keys/{key_id}")
+async def delete_key(key_id: str, request: Request) -> dict[str, Any]:
+    """Same as revoke: keys are never deleted, so usage and audit keep their subject."""
+    return await revoke_key(key_id, request)
+
+
+def _principal_filter(principal: str | None, key_id: str | None) -> str | None:
+    if principal and key_id:
+        raise InvalidRequest("Give principal or key_id, not both.", param="key_id")
+    return f"key:{key_id}" if key_id else principal
+
+
+@router.get("/usage")
+async def usage(
+    request: Request,
+    principal: str | None = Query(None, max_length=300),
+    key_id: str | None = Query(None, max_length=100),
+    model: str | None = Query(None, max_length=200),
+    since: date | None = None,
+    until: date | None = None,
+) -> JSONResponse:
+    """Requests and tokens per principal, model and UTC day, with totals."""
+    state = get_state(request)
+    assert state.store is not None and state.gateway is not None
+    await state.gateway.usage.flush()  # what this replica counted so far is included
+    rows = await state.store.usage.query(
+        principal_id=_principal_filter(principal, key_id), model=model, since=since, until=until
+    )
+    data = [
+        {
+            "principal": row.principal_id,
+            "model": row.model,
+            "date": row.day.isoformat(),
+            "requests": row.requests,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "total_tokens": row.prompt_tokens + row.completion_tokens,
+        }
+        for row in rows
+    ]
+    totals = {
+        name: sum(item[name] for item in data)
+        for name in ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    return JSONResponse({"object": "list", "data": data, "totals": totals})
+
+
+@router.get("/audit")
+async def audit(
+    request: Request,
+    actor: str | None = Query(None, max_length=300),
+    action: str | None = Query(None, max_length=100),
+    target: str | None = Query(None, max_length=300),
+    outcome: str | None = Query(None, pattern=r"^(success|failure|denied)$"),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    before_id: int | None = Query(None, ge=1),
+) -> dict[str, Any]:
+    """Audit events, newest first; page with ``before_id`` (the last id of a page)."""
+    state = get_state(request)
+    assert state.store is not None and state.gateway is not None
+    await state.gateway.audit.flush()
+    events = await state.store.audit.query(
+        actor=actor,
+        action=action,
+        target=target,
+        outcome=outcome,
+        since=since,
+        until=until,
+        limit=limit,
+        before_id=before_id,
+    )
+    data = [
+        {
+            "id": event.id,
+            "at": event.at.isoformat(),
+            "actor": event.actor,
+            "action": event.action,
+            "outcome": event.outcome,
+            "target": event.target,
+            "client_ip": event.client_ip,
+            "request_id": event.request_id,
+            "details": event.details,
+        }
+        for event in events
+    ]
+    last = data[-1]["id"] if len(data) == limit else None
+    return {"object": "list", "data": data, "next_before_id": last}

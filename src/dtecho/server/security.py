@@ -1,0 +1,299 @@
+"""The auth and quota layer: principal, permissions, limits and usage for every request.
+
+A pure-ASGI middleware between the serving middleware (ids, metrics, logs) and the cache fast
+path, so that even a request answered from memory is authenticated and counted. For each
+request it
+
+1. resolves the credential (``Authorization: Bearer …`` or ``x-api-key``) to a principal and
+   puts it in ``scope["state"]["principal"]`` for every later layer;
+2. refuses what the principal may not do: the admin API without the admin role, a model off
+   its allow-list, an ``OpenAI-Project`` that is not its project (403);
+3. admits the request against its limits, reserving the prompt estimate plus ``max_tokens``
+   (429 with ``retry-after`` when over), and adds the ``x-ratelimit-*`` headers to the answer;
+4. when the answer ends (streams included), settles the reservation to the ``usage`` the
+   answer reported and records the usage for accounting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dtecho.config import LimitProfile
+from dtecho.errors import DtechoError, PermissionDenied, RateLimited
+from dtecho.limits import Decision, Limiter
+from dtecho.security.accounting import AuditLog, UsageRecorder
+from dtecho.security.authenticator import Authenticator
+from dtecho.security.principal import Principal
+from dtecho.server.admission import MODEL_PATHS, UsageEventFilter, UsageScanner, read_request
+from dtecho.server.errors import error_body
+
+__all__ = ["Gateway", "SecurityMiddleware"]
+
+_log = structlog.get_logger("dtecho.security")
+_NO_LIMITS = LimitProfile()
+
+
+@dataclass
+class Gateway:
+    """The started auth/quota components the middleware uses (built in the app's lifespan)."""
+
+    authenticator: Authenticator
+    limiter: Limiter
+    usage: UsageRecorder
+    audit: AuditLog
+    model_defaults: dict[str, LimitProfile]
+    default_max_tokens: int
+    public_paths: frozenset[str]
+    public_prefixes: tuple[str, ...]
+    max_header_bytes: int
+
+
+def public_matchers(paths: Sequence[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Exact public paths, and prefixes (entries ending in ``*``)."""
+    exact = frozenset(path for path in paths if not path.endswith("*"))
+    prefixes = tuple(path[:-1] for path in paths if path.endswith("*"))
+    return exact, prefixes
+
+
+def _credential(scope: Scope) -> str | None:
+    api_key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return value.decode("latin-1")  # not a bearer token: refused as malformed
+        if name == b"x-api-key":
+            api_key = value.decode("latin-1").strip()
+    return api_key
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+async def _send_error(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(payload)),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_dtecho_error(
+    send: Send, exc: DtechoError, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [(name.encode(), value.encode()) for name, value in exc.headers.items()]
+    body = error_body(exc.message, exc.error_type, exc.param, exc.code)
+    await _send_error(send, exc.status_code, body, [*headers, *extra])
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # the client left
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class SecurityMiddleware:
+    """Authenticate, authorise, admit, then settle and account each request."""
+
+    def __init__(self, app: ASGIApp, *, state: Any) -> None:
+        self.app = app
+        self.state = state  # ServerState; its gateway is set once the lifespan started it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway: Gateway | None = getattr(self.state, "gateway", None)
+        if scope["type"] != "http" or gateway is None:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        scope_state = scope.setdefault("state", {})
+        if path in gateway.public_paths or path.startswith(gateway.public_prefixes):
+            scope_state["principal"] = gateway.authenticator.anonymous
+            await self.app(scope, receive, send)
+            return
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > (
+            gateway.max_header_bytes
+        ):
+            body = error_body(
+                f"Request headers exceed {gateway.max_header_bytes} bytes.",
+                "invalid_request_error",
+                None,
+                "headers_too_large",
+            )
+            await _send_error(send, 431, body)
+            return
+        try:
+            principal = await gateway.authenticator.authenticate(_credential(scope))
+        except DtechoError as exc:
+            gateway.audit.record(
+                "auth.failure",
+                "failure",
+                actor="unknown",
+                client_ip=_client_ip(scope),
+                request_id=scope_state.get("request_id"),
+                path=path,
+                code=exc.code,
+            )
+            await _send_dtecho_error(send, exc)
+            return
+        scope_state["principal"] = principal
+        try:
+            self._authorise(scope, path, principal)
+        except PermissionDenied as exc:
+            await _send_dtecho_error(send, exc)
+            return
+
+        model = None
+        reserve = 0
+        strip_usage = False
+        if scope["method"] == "POST" and path in MODEL_PATHS:
+            body = await _read_body(receive)
+            if body is None:
+                return
+            facts = read_request(path, body, default_max_tokens=gateway.default_max_tokens)
+            model, reserve, strip_usage = facts.model, facts.reserve_tokens, facts.strip_usage
+            if model is not None and not principal.may_use_model(model):
+                exc = PermissionDenied(
+                    f"This key may not use the model '{model}'.",
+                    param="model",
+                    code="model_not_allowed",
+                )
+                await _send_dtecho_error(send, exc)
+                return
+            receive = _replay(facts.body, receive)
+        await self._admitted(gateway, principal, model, reserve, strip_usage, scope, receive, send)
+
+    @staticmethod
+    def _authorise(scope: Scope, path: str, principal: Principal) -> None:
+        if (path == "/admin" or path.startswith("/admin/")) and not principal.is_admin:
+            raise PermissionDenied(
+                "The admin API needs the admin key or the 'admin' role.", code="admin_only"
+            )
+        project = _header(scope, b"openai-project")
+        if (
+            project is not None
+            and principal.project is not None
+            and project != principal.project
+            and not principal.is_admin
+        ):
+            raise PermissionDenied(
+                f"This key belongs to another project than '{project}'.",
+                param="OpenAI-Project",
+                code="project_not_allowed",
+            )
+
+    async def _admitted(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        model: str | None,
+        reserve: int,
+        strip_usage: bool,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        model_limits = principal.limits_for(model, gateway.model_defaults)
+        decision: Decision = await gateway.limiter.admit(
+            principal.id, model, principal.limits, model_limits, reserve
+        )
+        if not decision.allowed:
+            exc: DtechoError = RateLimited(decision.message, code="rate_limit_exceeded")
+            if decision.reason == "unavailable":
+                exc = DtechoError(decision.message or "Rate limiting is unavailable.")
+                exc.status_code, exc.code = 503, "limits_unavailable"
+            await _send_dtecho_error(send, exc, decision.headers)
+            return
+        scanner = UsageScanner() if model is not None else None
+        events = UsageEventFilter() if strip_usage else None
+        status = 500
+
+        async def send_settling(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if decision.headers:
+                    message["headers"] = [*message.get("headers", ()), *decision.headers]
+                if events is not None:  # the body changes length: drop a stale content-length
+                    message["headers"] = [
+                        (name, value)
+                        for name, value in message.get("headers", ())
+                        if name != b"content-length"
+                    ]
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                last = not message.get("more_body", False)
+                if scanner is not None and chunk:
+                    scanner.feed(chunk)
+                if events is not None and status < 400:
+                    message = {**message, "body": events.feed(chunk, last=last)}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_settling)
+        finally:
+            await self._settle(gateway, principal, model, reserve, decision, scanner, status)
+
+    @staticmethod
+    async def _settle(
+        gateway: Gateway,
+        principal: Principal,
+        model: str | None,
+        reserve: int,
+        decision: Decision,
+        scanner: UsageScanner | None,
+        status: int,
+    ) -> None:
+        prompt = completion = 0
+        if status < 400:
+            if scanner is not None and scanner.found:
+                prompt, completion = scanner.prompt_tokens or 0, scanner.completion_tokens or 0
+            else:
+                prompt = reserve  # no usage reported: keep the reservation, the safe side
+        if decision.ticket is not None:
+            await gateway.limiter.settle(decision.ticket, prompt + completion)
+        if model is not None:
+            gateway.usage.record(principal.id, model, prompt, completion)
