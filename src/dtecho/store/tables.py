@@ -1,0 +1,87 @@
+"""The store's tables (SQLAlchemy Core). Migrations in ``migrations/versions`` create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+__all__ = ["api_key_secrets", "api_keys", "audit_log", "metadata", "usage_daily"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200)),
+    Column("project", String(200), index=True),
+    Column("roles", JSON, nullable=False),
+    Column("allowed_models", JSON),
+    Column("limits", JSON, nullable=False),
+    Column("model_limits", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("created_by", String(300)),
+)
+
+api_key_secrets = Table(
+    "api_key_secrets",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("key_id", String(64), ForeignKey("api_keys.id"), nullable=False, index=True),
+    Column("prefix", String(32), nullable=False),
+    Column("last4", String(8), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("principal_id", String(300), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # BigInteger on PostgreSQL; SQLite autoincrements only an INTEGER PRIMARY KEY.
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(300), nullable=False, index=True),
+    Column("action", String(100), nullable=False, index=True),
+    Column("outcome", String(20), nullable=False),
+    Column("target", String(300)),
+    Column("client_ip", String(64)),
+    Column("request_id", String(128)),
+    Column("details", JSON, nullable=False),
+)
+
+Index("ix_usage_daily_day", usage_daily.c.day)
