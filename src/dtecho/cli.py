@@ -37,6 +37,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_train_lm_arguments(train_lm)
 
+    from dtecho.security.cli import add_keys_parser
+    from dtecho.store.cli import add_db_parser
+
+    add_db_parser(commands)
+    add_keys_parser(commands)
+
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
     show = config_commands.add_parser("show", help="print the effective settings, secrets redacted")
@@ -105,6 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "config" and args.config_command == "show":
             return _config_show(args)
+        if args.command == "db":
+            from dtecho.store.cli import run_db
+
+            return run_db(args, _settings_from(args))
+        if args.command == "keys":
+            from dtecho.security.cli import run_keys
+
+            return run_keys(args, _settings_from(args))
         if args.command == "train-lm":
             from dtecho.training import run_train_lm
 

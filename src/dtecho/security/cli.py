@@ -67,7 +67,7 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         token_budget=args.token_budget,
         budget_period=args.budget_period,
     )
-    return profile.model_dump(exclude_none=True) if profile != LimitProfile() else {}
+    return profile.model_dump(exclude_defaults=True)
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class _KeyFields(BaseModel):
 
 
 def _plain(profile: LimitProfile | None) -> dict[str, Any]:
-    return profile.model_dump(exclude_none=True) if profile is not None else {}
+    return profile.model_dump(exclude_defaults=True) if profile is not None else {}
 
 
 class CreateKeyRequest(_KeyFields):
