@@ -32,12 +32,12 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 serve: $(RUNTIME_STAMP)
 	$(BIN)/dtecho serve $(SERVE_ARGS)
 
-## test: install the test tools, make sure a Redis answers, lint, run the whole suite
+## test: install the test tools, make sure a Redis and a PostgreSQL answer, lint, run the whole suite
 test: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	scripts/ensure-chromium
-	PY=$(PY) scripts/with-redis $(PY) -m pytest $(PYTEST_ARGS)
+	PY=$(PY) scripts/with-redis scripts/with-postgres $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks

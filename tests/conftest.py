@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from support import ServerProcess, free_port, start_server
+from support import ServerProcess, create_postgres_database, free_port, start_server
 
 __all__ = ["ServerProcess", "free_port", "start_server"]  # re-exported for older imports
 
@@ -24,6 +24,51 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         pytest.fail(f"Redis at {url} is required (run the suite with `make test`): {exc}")
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The PostgreSQL ``make test`` provides (``DTECHO_TEST_POSTGRES_URL``); never skipped."""
+    import asyncio
+
+    import asyncpg
+
+    url = os.environ.get("DTECHO_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "PostgreSQL is required: run the suite with `make test` (scripts/with-postgres)"
+        )
+
+    async def ping() -> None:
+        connection = await asyncpg.connect(
+            url.replace("postgresql+asyncpg://", "postgresql://", 1), timeout=5
+        )
+        await connection.close()
+
+    try:
+        asyncio.run(ping())
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at DTECHO_TEST_POSTGRES_URL does not answer: {exc}")
+    return url
+
+
+@pytest.fixture
+def postgres_database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    url, drop = create_postgres_database(postgres_admin_url)
+    yield url
+    drop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        return
+    url, drop = create_postgres_database(request.getfixturevalue("postgres_admin_url"))
+    yield url
+    drop()
 
 
 @pytest.fixture

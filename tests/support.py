@@ -24,7 +24,14 @@ import pytest
 import redis
 import yaml
 
-__all__ = ["RedisProcess", "ServerProcess", "free_port", "start_server", "wait_until"]
+__all__ = [
+    "RedisProcess",
+    "ServerProcess",
+    "create_postgres_database",
+    "free_port",
+    "start_server",
+    "wait_until",
+]
 
 SERVER_START_TIMEOUT_SECONDS = 60.0
 
@@ -150,3 +157,34 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def _asyncpg_url(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def create_postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """A fresh, empty database on the server of ``admin_url``: its URL and a function that
+    drops it (terminating any connection still open)."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+    from sqlalchemy import make_url
+
+    name = f"dtecho_test_{uuid.uuid4().hex[:12]}"
+
+    async def run(statement: str) -> None:
+        connection = await asyncpg.connect(_asyncpg_url(admin_url), timeout=10)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return url, drop

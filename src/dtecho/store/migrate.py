@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 __all__ = ["current", "head", "upgrade"]
 
 _SCRIPTS = Path(__file__).parent / "migrations"
+# Alembic keeps the running migration context in module globals: one upgrade per process at
+# a time (other processes are held off by the database or file lock).
+_IN_PROCESS = threading.Lock()
 
 
 def _config(url: str) -> Config:
@@ -52,7 +56,7 @@ def _sqlite_lock(url: str) -> Iterator[None]:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision``."""
-    with _sqlite_lock(url):
+    with _IN_PROCESS, _sqlite_lock(url):
         command.upgrade(_config(url), revision)
 
 
