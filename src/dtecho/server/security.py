@@ -136,6 +136,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _raising(exc: Exception) -> Receive:
+    async def receive() -> Message:
+        raise exc
+
+    return receive
+
+
 class SecurityMiddleware:
     """Authenticate, authorise, admit, then settle and account each request."""
 
@@ -190,7 +197,11 @@ class SecurityMiddleware:
         reserve = 0
         strip_usage = False
         if scope["method"] == "POST" and path in MODEL_PATHS:
-            body = await _read_body(receive)
+            try:
+                body = await _read_body(receive)
+            except Exception as exc:  # e.g. the body limit: the app answers it as it always does
+                await self.app(scope, _raising(exc), send)
+                return
             if body is None:
                 return
             facts = read_request(path, body, default_max_tokens=gateway.default_max_tokens)
