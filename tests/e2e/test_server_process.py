@@ -78,6 +78,7 @@ def test_ready_with_real_redis(server_factory, redis_url: str) -> None:
     server = server_factory(config={"redis_url": redis_url})
     assert httpx.get(f"{server.base_url}/health/ready").json()["checks"] == {
         "redis": "ok",
+        "store": "ok",
         "model:dtesn-echo": "ok",
         "model:dtesn-embed": "ok",
     }

@@ -14,7 +14,7 @@ def test_live_needs_nothing() -> None:
         assert client.get("/health/live").json() == {"status": "ok"}
 
 
-MODELS_READY = {"model:dtesn-echo": "ok", "model:dtesn-embed": "ok"}
+MODELS_READY = {"store": "ok", "model:dtesn-echo": "ok", "model:dtesn-embed": "ok"}
 
 
 def test_ready_when_every_model_is_loaded() -> None:
