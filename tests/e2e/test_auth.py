@@ -189,6 +189,16 @@ def test_model_allow_list(keyed: ServerProcess) -> None:
     assert error["param"] == "model" and error["code"] == "model_not_allowed"
     with pytest.raises(openai.PermissionDeniedError):
         sdk(keyed, key).embeddings.create(model="dtesn-embed", input="hello")
+    assert [model.id for model in sdk(keyed, key).models.list()] == ["dtesn-echo"]
+
+
+def test_keys_are_stored_only_as_digests(keyed: ServerProcess) -> None:
+    issued = create_key(keyed, name="digest")
+    database = keyed.config_path.parent / "data" / "dtecho.db"
+    stored = b"".join(path.read_bytes() for path in database.parent.glob("dtecho.db*"))
+    assert issued["id"].encode() in stored  # the store does hold the key's record …
+    assert issued["key"].encode() not in stored  # … but never the key itself
+    assert issued["key"][7:].encode() not in stored
 
 
 def test_project_header_must_match_the_keys_project(keyed: ServerProcess) -> None:
@@ -277,6 +287,13 @@ def test_redis_killed_mid_test_falls_back_to_local_limits(server_factory: Any) -
         assert 'dtecho_rate_limit_decisions_total{backend="redis",outcome="fallback"' in metrics
     finally:
         redis.kill()
+
+
+def test_auth_off_on_a_public_interface_warns_loudly(server_factory: Any) -> None:
+    server = server_factory({"host": "0.0.0.0"})
+    assert "AUTH_DISABLED_ON_PUBLIC_INTERFACE" in server.logs()
+    quiet = server_factory({})
+    assert "AUTH_DISABLED_ON_PUBLIC_INTERFACE" not in quiet.logs()
 
 
 # ---- audit and CLI ----------------------------------------------------------------------------

@@ -42,10 +42,12 @@ async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) ->
 
 @router.get("/models")
 async def list_models(request: Request) -> Response:
-    """Every served model (JSON by default; XML or msgpack by ``Accept``)."""
-    return render(
-        request, {"object": "list", "data": get_state(request).models.cards()}, root="models"
-    )
+    """Every served model the caller may use (JSON by default; XML or msgpack by ``Accept``)."""
+    cards = get_state(request).models.cards()
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is not None and principal.allowed_models is not None:
+        cards = [card for card in cards if principal.may_use_model(card["id"])]
+    return render(request, {"object": "list", "data": cards}, root="models")
 
 
 @router.get("/models/{model_id:path}")
