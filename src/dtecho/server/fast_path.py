@@ -22,9 +22,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dtecho.cache import ResponseCache
+from dtecho.server.asgi_body import raising, read_body, replay
 
 __all__ = ["AliasKind", "CacheFastPath", "RequestAliases", "request_digest"]
 
@@ -107,25 +108,19 @@ class CacheFastPath:
         ):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
         try:
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # the client left before sending it all
-                    return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
+            body = await read_body(receive)
         except Exception as exc:  # e.g. the body limit: the app answers it as it always does
-            await self.app(scope, _raising(exc), send)
+            await self.app(scope, raising(exc), send)
             return
-        body = b"".join(chunks)
+        if body is None:  # the client left before sending it all
+            return
         digest = request_digest(scope["method"], scope["path"], body)
         scope.setdefault("state", {})["request_digest"] = digest
         alias = self.aliases.get(digest)
         hit = self.cache.get_local(alias[0]) if alias is not None else None
         if hit is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         if alias[1] == "json":  # type: ignore[index]
             payload, media_type = hit.value, b"application/json"
@@ -141,26 +136,3 @@ class CacheFastPath:
             headers.append((b"vary", b"Accept"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the app the body already read, then the real messages."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _raising(exc: Exception) -> Receive:
-    """A ``receive`` that raises what reading the body raised, inside the app's handlers."""
-
-    async def receive() -> Message:
-        raise exc
-
-    return receive

@@ -73,7 +73,7 @@ async def start_gateway(state: object, stack: AsyncExitStack) -> None:
         await jwt.start()
         stack.push_async_callback(jwt.close)
 
-    limiter = build_limiter(settings.limits, redis_client)
+    limiter = build_limiter(settings.limits, redis_client, namespace=settings.cache.namespace)
     stack.push_async_callback(limiter.close)
     usage = UsageRecorder(store, flush_seconds=settings.usage_flush_seconds)
     usage.start()

@@ -31,6 +31,7 @@ from dtecho.security.accounting import AuditLog, UsageRecorder
 from dtecho.security.authenticator import Authenticator
 from dtecho.security.principal import Principal
 from dtecho.server.admission import MODEL_PATHS, UsageEventFilter, UsageScanner, read_request
+from dtecho.server.asgi_body import raising, read_body, replay
 from dtecho.server.errors import error_body
 
 __all__ = ["Gateway", "SecurityMiddleware"]
@@ -112,37 +113,6 @@ async def _send_dtecho_error(
     await _send_error(send, exc.status_code, body, [*headers, *extra])
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None  # the client left
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _raising(exc: Exception) -> Receive:
-    async def receive() -> Message:
-        raise exc
-
-    return receive
-
-
 class SecurityMiddleware:
     """Authenticate, authorise, admit, then settle and account each request."""
 
@@ -198,9 +168,9 @@ class SecurityMiddleware:
         strip_usage = False
         if scope["method"] == "POST" and path in MODEL_PATHS:
             try:
-                body = await _read_body(receive)
+                body = await read_body(receive)
             except Exception as exc:  # e.g. the body limit: the app answers it as it always does
-                await self.app(scope, _raising(exc), send)
+                await self.app(scope, raising(exc), send)
                 return
             if body is None:
                 return
@@ -214,7 +184,7 @@ class SecurityMiddleware:
                 )
                 await _send_dtecho_error(send, exc)
                 return
-            receive = _replay(facts.body, receive)
+            receive = replay(facts.body, receive)
         await self._admitted(gateway, principal, model, reserve, strip_usage, scope, receive, send)
 
     @staticmethod
