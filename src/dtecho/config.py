@@ -79,6 +79,22 @@ class ConfigError(Exception):
     """The configuration cannot be used; ``str()`` is one line naming the field and the problem."""
 
 
+def _resolve_plain(value: Any) -> Any:
+    # A URL that may hold a password may be a secret reference too; it stays a plain string
+    # (the URL's password is redacted wherever it is shown).
+    from dtecho.security.secrets import SecretError, is_reference, resolve_secret
+
+    if isinstance(value, str) and is_reference(value):
+        try:
+            return resolve_secret(value)
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+RedisUrl = Annotated[str | None, BeforeValidator(_resolve_plain)]
+
+
 class CacheSettings(BaseModel):
     """Response cache (L1 memory → L2 compressed → L3 Redis)."""
 
@@ -89,7 +105,7 @@ class CacheSettings(BaseModel):
     max_memory_entries: int = Field(10_000, gt=0)
     max_compressed_entries: int = Field(50_000, ge=0)
     default_ttl_seconds: float = Field(3600.0, gt=0)
-    redis_url: str | None = None
+    redis_url: RedisUrl = None
     compression_enabled: bool = True
     compression_threshold: int = Field(1024, ge=0)
     namespace: str = Field("dtecho", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -233,7 +249,7 @@ class LimitsSettings(BaseModel):
     anonymous: LimitProfile = Field(default_factory=LimitProfile)  # auth.mode none
     models: dict[str, LimitProfile] = Field(default_factory=dict)  # per principal on a model
     profiles: dict[str, LimitProfile] = Field(default_factory=dict)  # named, for JWT claims
-    redis_url: str | None = None  # default: the server-wide redis_url
+    redis_url: RedisUrl = None  # default: the server-wide redis_url
     on_redis_failure: Literal["local", "deny"] = "local"
     redis_retry_seconds: float = Field(1.0, gt=0)  # after a failure, local limits this long
     default_max_tokens: int = Field(256, ge=1)  # reserved when a request sets no max_tokens
@@ -311,7 +327,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local" / "share" / "dtecho")
     max_request_bytes: int = Field(10 * MIB, gt=0)
-    redis_url: str | None = None
+    redis_url: RedisUrl = None
     redis_timeout_seconds: float = Field(0.05, gt=0, le=30)
     shutdown_timeout_seconds: float = Field(30.0, ge=0)
     cache: CacheSettings = Field(default_factory=CacheSettings)
