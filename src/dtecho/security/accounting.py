@@ -51,12 +51,11 @@ class _Flusher:
         await self._flush()
 
 
-class UsageRecorder:
-    """Requests and tokens per principal, model and UTC day, written to the store in batches."""
+class _BufferedWriter:
+    """Start/close of the flush task and plain counters, shared by the two writers."""
 
-    def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
+    def __init__(self, store: Store, flush_seconds: float) -> None:
         self._store = store
-        self._pending: dict[tuple[str, str, date], list[int]] = {}
         self._flusher = _Flusher(flush_seconds, self.flush)
         self._counts: dict[tuple[str], int] = {}
 
@@ -64,7 +63,29 @@ class UsageRecorder:
         self._flusher.start()
 
     async def close(self) -> None:
+        """Stop the flush task and write what is left."""
         await self._flusher.close()
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+    def counts(self) -> dict[tuple[str], int]:
+        """Counters for metrics, by event."""
+        return dict(self._counts)
+
+    def _count(self, event: str, n: int = 1) -> None:
+        self._counts[(event,)] = self._counts.get((event,), 0) + n
+
+
+class UsageRecorder(_BufferedWriter):
+    """Requests and tokens per principal, model and UTC day, written to the store in batches.
+
+    Counters: recorded (requests), flushed (rows), flush_error (attempts).
+    """
+
+    def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
+        super().__init__(store, flush_seconds)
+        self._pending: dict[tuple[str, str, date], list[int]] = {}
 
     def record(
         self, principal_id: str, model: str, prompt_tokens: int, completion_tokens: int
@@ -107,28 +128,16 @@ class UsageRecorder:
         """Rows waiting to be written."""
         return len(self._pending)
 
-    def counts(self) -> dict[tuple[str], int]:
-        """recorded (requests), flushed (rows), flush_error (attempts)."""
-        return dict(self._counts)
 
-    def _count(self, event: str, n: int = 1) -> None:
-        self._counts[(event,)] = self._counts.get((event,), 0) + n
+class AuditLog(_BufferedWriter):
+    """Append-only audit events: a structured log line at once, a store row within a second.
 
-
-class AuditLog:
-    """Append-only audit events: a structured log line at once, a store row within a second."""
+    Counters: written (events), flush_error (attempts), dropped (events).
+    """
 
     def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
-        self._store = store
+        super().__init__(store, flush_seconds)
         self._pending: list[AuditRecord] = []
-        self._flusher = _Flusher(flush_seconds, self.flush)
-        self._counts: dict[tuple[str], int] = {}
-
-    def start(self) -> None:
-        self._flusher.start()
-
-    async def close(self) -> None:
-        await self._flusher.close()
 
     def record(
         self,
@@ -181,10 +190,3 @@ class AuditLog:
             self._pending = batch + self._pending
         else:
             self._count("written", len(batch))
-
-    def counts(self) -> dict[tuple[str], int]:
-        """written (events), flush_error (attempts), dropped (events)."""
-        return dict(self._counts)
-
-    def _count(self, event: str, n: int = 1) -> None:
-        self._counts[(event,)] = self._counts.get((event,), 0) + n
