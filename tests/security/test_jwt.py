@@ -323,9 +323,11 @@ async def test_a_tampered_signature_is_rejected(
 @pytest.mark.parametrize(
     ("overrides", "code"),
     [
-        ({"exp": int(time.time()) - 60}, "token_expired"),
-        ({"nbf": int(time.time()) + 60}, "token_not_yet_valid"),
-        ({"iat": int(time.time()) + 60}, "token_not_yet_valid"),
+        # Times are offsets from when the test runs (not from collection, which may be minutes
+        # earlier in a full run), beyond the 30 s leeway.
+        ({"exp": -120}, "token_expired"),
+        ({"nbf": 120}, "token_not_yet_valid"),
+        ({"iat": 120}, "token_not_yet_valid"),
         ({"iss": "https://evil.test/"}, "invalid_issuer"),
         ({"iss": None}, "invalid_issuer"),
         ({"aud": "someone-else"}, "invalid_audience"),
@@ -337,6 +339,11 @@ async def test_a_tampered_signature_is_rejected(
 async def test_an_invalid_claim_is_rejected_with_its_code(
     jwks_server: JwksServer, rsa_key: rsa.RSAPrivateKey, overrides: dict[str, Any], code: str
 ) -> None:
+    now = int(time.time())
+    overrides = {
+        name: now + value if name in {"exp", "nbf", "iat"} and value is not None else value
+        for name, value in overrides.items()
+    }
     async with running(issuer(jwks_url=jwks_server.url)) as verifier:
         error = await rejected(verifier, sign(rsa_key, **overrides))
     assert error.code == code
