@@ -128,6 +128,7 @@ class KeyService:
         self._misses: OrderedDict[str, float] = OrderedDict()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = False
+        self._generation = 0  # bumped on every change notice, see authenticate()
         self._counts: dict[tuple[str], int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class KeyService:
             try:
                 await pubsub.subscribe(self._channel)
                 self._subscribed = True
+                self._generation += 1
                 self._cache.clear()  # changes missed while we were not subscribed
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
@@ -160,6 +162,7 @@ class KeyService:
                 if self._subscribed:
                     _log.warning("key_changes_unsubscribed", error=type(exc).__name__)
                 self._subscribed = False
+                self._generation += 1
                 self._cache.clear()
                 await asyncio.sleep(1.0)
             finally:
@@ -196,12 +199,15 @@ class KeyService:
             self._count("rejected")
             raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
         self._count("store_lookup")
+        generation = self._generation
         found = await self.store.keys.find_by_digest(digest)
         principal, valid_until = self._check(found, digest)
-        self._remember(
-            digest,
-            _Cached(principal, principal.key_id or "", valid_until, now + self._ttl()),
-        )
+        ttl = self._ttl()
+        if generation != self._generation:
+            # A change arrived while we read: what we read may predate it (a revocation
+            # published between our read and now would otherwise stay cached for the long TTL).
+            ttl = min(ttl, LOCAL_CACHE_SECONDS)
+        self._remember(digest, _Cached(principal, principal.key_id or "", valid_until, now + ttl))
         return principal
 
     def _ttl(self) -> float:
@@ -266,6 +272,7 @@ class KeyService:
             self._cache.popitem(last=False)
 
     def _forget(self, key_id: str) -> None:
+        self._generation += 1
         for digest in [d for d, entry in self._cache.items() if entry.key_id == key_id]:
             del self._cache[digest]
 
