@@ -226,7 +226,7 @@ class AuthSettings(BaseModel):
     public_paths: list[str] = Field(
         default_factory=lambda: ["/health/live", "/health/ready", "/metrics"]
     )
-    # How long an authenticated key stays in the in-process cache. Default: 1 s without Redis
+    # How long an authenticated key stays in the in-process cache. Default: 0.5 s without Redis
     # (so a revocation is seen within 1 s), 30 s with Redis (revocations are published).
     key_cache_seconds: float | None = Field(None, ge=0, le=3600)
     issuers: list[JwtIssuerSettings] = Field(default_factory=list)

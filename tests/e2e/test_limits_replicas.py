@@ -4,7 +4,7 @@
   that rate, alternating between the replicas, is admitted 600 times in a minute, and every
   other request is a well-formed 429.
 - A key revoked through one replica is refused by the other within a second: pushed over
-  Redis pub/sub, or, without Redis, through the 1 s lifetime of the in-process key cache.
+  Redis pub/sub, or, without Redis, through the 0.5 s lifetime of the in-process key cache.
 
 The load comes from a separate process (``_rate_load.py``), so that its schedule does not
 depend on the test's own process.
@@ -177,7 +177,7 @@ def test_a_revocation_is_seen_by_the_other_replica_within_a_second(
                 pytest.fail(f"replica B still accepted the revoked key {seen:.1f} s later")
             time.sleep(POLL_SECONDS)
         assert user.get(f"{a.base_url}{ROUTE}").status_code == 401
-    how = "Redis pub/sub" if with_redis else "the 1 s key cache, no Redis"
+    how = "Redis pub/sub" if with_redis else "the 0.5 s key cache, no Redis"
     print(
         f"revocation seen by replica B {1e3 * seen:.0f} ms after A answered the revoke "
         f"({how}; {polls} polls every {1e3 * POLL_SECONDS:.0f} ms)"

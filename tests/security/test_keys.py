@@ -77,7 +77,7 @@ async def test_a_revocation_during_a_lookup_is_not_cached_for_long(
     store_b.keys.find_by_digest = read_then_revoked  # type: ignore[method-assign]
     await b.authenticate(issued.key)  # answered from what it read before the revocation
     store_b.keys.find_by_digest = read  # type: ignore[method-assign]
-    await asyncio.sleep(1.1)  # past the short TTL such a read is cached for
+    await asyncio.sleep(0.6)  # past the short TTL such a read is cached for
     with pytest.raises(AuthenticationFailed):
         await b.authenticate(issued.key)
     for service in (a, b):

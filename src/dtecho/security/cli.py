@@ -2,7 +2,7 @@
 
 Works on the store the settings name (the same one the server uses). With Redis configured a
 revocation or rotation is published, so running servers drop their cached entry at once;
-without it they see the change within their cache TTL (1 s).
+without it they see the change within their cache TTL (0.5 s).
 """
 
 from __future__ import annotations

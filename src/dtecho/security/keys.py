@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 KEY_PREFIX = "sk-dte-"
-LOCAL_CACHE_SECONDS = 1.0  # without Redis: how stale a revocation may be seen
+LOCAL_CACHE_SECONDS = 0.5  # without Redis: how stale a revocation may be seen (well under 1 s)
 SHARED_CACHE_SECONDS = 30.0  # with Redis pub/sub: revocations are pushed, this is a backstop
 _NEGATIVE_CACHE_SECONDS = 1.0
 _MAX_CACHED = 100_000
