@@ -37,16 +37,22 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "AuthSettings",
     "BatchingSettings",
+    "BreakerSettings",
     "CacheSettings",
     "ConfigError",
+    "DeploymentSpec",
     "DtesnModelSpec",
     "DtesnSettings",
+    "FallbackSettings",
+    "HedgingSettings",
     "InProcessModelSpec",
     "JwtIssuerSettings",
     "LimitProfile",
     "LimitsSettings",
     "ModelSpec",
     "OpenAIModelSpec",
+    "RetrySettings",
+    "RoutingSettings",
     "Secret",
     "Settings",
     "load_settings",
@@ -278,17 +284,143 @@ class DtesnModelSpec(_ModelSpecBase):
     path: Path | None = None  # a trained model directory; default: the packaged/trained one
 
 
+class BreakerSettings(BaseModel):
+    """A circuit breaker per deployment, with resilience4j's semantics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    failure_rate_threshold: float = Field(0.5, gt=0, le=1)  # share of failed calls that opens
+    slow_call_rate_threshold: float = Field(1.0, gt=0, le=1)  # share of slow calls that opens
+    slow_call_duration_seconds: float = Field(30.0, gt=0)
+    sliding_window_size: int = Field(20, ge=1, le=10_000)  # the last N calls
+    minimum_number_of_calls: int = Field(10, ge=1)  # before a rate means anything
+    wait_duration_open_seconds: float = Field(10.0, gt=0)
+    permitted_calls_in_half_open: int = Field(3, ge=1)
+
+
+class RetrySettings(BaseModel):
+    """Retries of failed upstream attempts: backoff with full jitter, within a budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(3, ge=1, le=10)  # attempts in all, the first included
+    on_status: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+    on_connect_error: bool = True
+    on_timeout: bool = True
+    backoff_initial_seconds: float = Field(0.05, ge=0)
+    backoff_max_seconds: float = Field(2.0, ge=0)
+    max_retry_after_seconds: float = Field(5.0, ge=0)  # a longer retry-after is not waited for
+    budget_ratio: float = Field(0.1, ge=0, le=1)  # retries ≤ this share of recent requests …
+    budget_min_retries: int = Field(3, ge=0)  # … or this many per window, whichever is more
+    budget_window_seconds: float = Field(10.0, gt=0)
+
+
+class HedgingSettings(BaseModel):
+    """A second attempt to another deployment when the first is slow to answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    delay_seconds: float | None = Field(None, gt=0)  # None: the deployment's recent p95
+    min_delay_seconds: float = Field(0.005, ge=0)
+    budget_ratio: float = Field(0.05, ge=0, le=1)  # extra upstream requests at most
+
+
+class FallbackSettings(BaseModel):
+    """Ordered chains of other served models to try, by the class of the failure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limited: list[str] = Field(default_factory=list)
+    unavailable: list[str] = Field(default_factory=list)  # 5xx, timeouts, breakers open
+    context_window: list[str] = Field(default_factory=list)
+    content_policy: list[str] = Field(default_factory=list)
+    default: list[str] = Field(default_factory=list)  # any other failure
+
+
+class RoutingSettings(BaseModel):
+    """How a model's requests are spread over its deployments and survive their failures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["weighted", "least_in_flight", "lowest_latency", "power_of_two"] = "weighted"
+    exploration: float = Field(0.05, ge=0, le=1)  # lowest_latency: share sent at random
+    retries: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    hedging: HedgingSettings = Field(default_factory=HedgingSettings)
+    fallbacks: FallbackSettings = Field(default_factory=FallbackSettings)
+    health_check_interval_seconds: float | None = Field(10.0, gt=0)  # None: no active probes
+
+
+class DeploymentSpec(BaseModel):
+    """One OpenAI-compatible upstream serving a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+    base_url: str = Field(pattern=r"^https?://")
+    upstream_model: str | None = None  # default: the served model's name
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key: Secret | None = None  # a literal or a reference (env:, file:, vault:)
+    weight: float = Field(1.0, gt=0)
+    rpm: int | None = Field(None, ge=1)  # this deployment's own capacity, skipped at it
+    tpm: int | None = Field(None, ge=1)
+    timeout_seconds: float = Field(600.0, gt=0)  # total
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    first_byte_timeout_seconds: float | None = Field(None, gt=0)  # until the answer starts
+    between_tokens_timeout_seconds: float | None = Field(None, gt=0)  # streams
+    max_connections: int = Field(256, ge=1)
+    tags: list[str] = Field(default_factory=list)
+
+
 class OpenAIModelSpec(_ModelSpecBase):
-    """Any OpenAI-compatible upstream (Aphrodite ``aphrodite run``, vLLM, llama.cpp, Ollama, …)."""
+    """Any OpenAI-compatible upstream (Aphrodite ``aphrodite run``, vLLM, llama.cpp, Ollama, …).
+
+    Either one upstream (``base_url`` and the fields beside it) or several ``deployments``.
+    """
 
     engine: Literal["openai"]
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: str | None = Field(None, pattern=r"^https?://")
     upstream_model: str | None = None  # default: the same name as ``name``
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     api_key: Secret | None = None  # a literal or a reference (env:, file:, vault:)
     timeout_seconds: float = Field(600.0, gt=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
     max_connections: int = Field(256, ge=1)
+    deployments: list[DeploymentSpec] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_upstreams(self) -> OpenAIModelSpec:
+        if self.base_url and self.deployments:
+            raise ValueError("give base_url or deployments, not both")
+        if not self.base_url and not self.deployments:
+            raise ValueError("an openai model needs base_url or deployments")
+        names = [d.name for d in self.deployments if d.name]
+        if len(names) != len(set(names)):
+            raise ValueError("deployment names must be unique within a model")
+        return self
+
+    def deployment_list(self) -> list[DeploymentSpec]:
+        """The deployments, the single-upstream form being a list of one."""
+        if self.deployments:
+            return [
+                d if d.name else d.model_copy(update={"name": f"{self.name}-{i}"})
+                for i, d in enumerate(self.deployments)
+            ]
+        return [
+            DeploymentSpec(
+                name=self.name,
+                base_url=self.base_url or "",
+                upstream_model=self.upstream_model,
+                api_key_env=self.api_key_env,
+                api_key=self.api_key,
+                timeout_seconds=self.timeout_seconds,
+                connect_timeout_seconds=self.connect_timeout_seconds,
+                max_connections=self.max_connections,
+            )
+        ]
 
 
 class InProcessModelSpec(_ModelSpecBase):
