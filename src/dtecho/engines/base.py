@@ -151,6 +151,7 @@ class RelayResponse:
     content_type: str
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. x-dtecho-deployment
 
 
 @runtime_checkable

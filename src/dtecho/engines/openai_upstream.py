@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from dtecho.config import OpenAIModelSpec
+from dtecho.config import DeploymentSpec, OpenAIModelSpec
 from dtecho.engines.base import RelayResponse
 from dtecho.errors import EngineUnavailable, UpstreamError
 
@@ -29,8 +29,17 @@ __all__ = ["OpenAIUpstreamEngine"]
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
-def _upstream_error(response_status: int, raw: bytes, base_url: str) -> UpstreamError:
-    """Carry an upstream error over, keeping its OpenAI fields when it sent them."""
+_KEPT_ERROR_HEADERS = (
+    "retry-after",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
+
+
+def _upstream_error(
+    response_status: int, raw: bytes, base_url: str, headers: Any = None
+) -> UpstreamError:
+    """Carry an upstream error over, keeping its OpenAI fields (and its retry hints)."""
     message = f"Upstream {base_url} answered {response_status}."
     code: str | None = None
     param: str | None = None
@@ -44,18 +53,23 @@ def _upstream_error(response_status: int, raw: bytes, base_url: str) -> Upstream
             message = error
     except (ValueError, KeyError, TypeError):
         pass
-    return UpstreamError(message, status_code=response_status, code=code, param=param)
+    kept = {name: headers[name] for name in _KEPT_ERROR_HEADERS if headers and name in headers}
+    return UpstreamError(message, status_code=response_status, code=code, param=param, headers=kept)
 
 
 class OpenAIUpstreamEngine:
-    """A :class:`~dtecho.engines.base.RelayEngine` for one upstream model."""
+    """A :class:`~dtecho.engines.base.RelayEngine` for one upstream deployment of a model."""
 
     kind = "openai"
 
-    def __init__(self, spec: OpenAIModelSpec) -> None:
-        self.name = spec.name
+    def __init__(self, spec: OpenAIModelSpec | DeploymentSpec, model: str | None = None) -> None:
+        if isinstance(spec, OpenAIModelSpec):
+            model = spec.name
+            spec = spec.deployment_list()[0]
         self.spec = spec
-        self.upstream_model = spec.upstream_model or spec.name
+        self.name = spec.name or model or spec.base_url
+        self.model = model or self.name
+        self.upstream_model = spec.upstream_model or self.model
         self.base_url = spec.base_url.rstrip("/") + "/"
         self._session: aiohttp.ClientSession | None = None
 
@@ -78,7 +92,7 @@ class OpenAIUpstreamEngine:
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=self.spec.connect_timeout_seconds,
-                sock_read=self.spec.timeout_seconds,
+                sock_read=self.spec.between_tokens_timeout_seconds or self.spec.timeout_seconds,
             ),
             auto_decompress=False,
             raise_for_status=False,
@@ -119,6 +133,9 @@ class OpenAIUpstreamEngine:
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         try:
             return await response.read()
+        except asyncio.CancelledError:
+            response.close()  # abandoned (a losing hedge, a client gone): close, don't reuse
+            raise
         except (TimeoutError, aiohttp.ClientError):
             raise UpstreamError(
                 f"Upstream {self.spec.base_url} broke off its answer.", code="upstream_unreachable"
@@ -127,24 +144,44 @@ class OpenAIUpstreamEngine:
             response.release()
 
     async def relay(self, endpoint: str, body: dict[str, Any], *, stream: bool) -> RelayResponse:
-        """POST ``body`` to ``endpoint`` with ``model`` mapped to the upstream's name."""
+        """POST ``body`` to ``endpoint`` with ``model`` mapped to the upstream's name.
+
+        Waits at most ``first_byte_timeout_seconds`` for the answer to start and
+        ``timeout_seconds`` for a whole non-streamed answer.
+        """
         payload = json.dumps({**body, "model": self.upstream_model}).encode()
-        response = await self._request(
-            "POST", endpoint, data=payload, headers={"content-type": "application/json"}
-        )
+        try:
+            async with asyncio.timeout(self.spec.first_byte_timeout_seconds):
+                response = await self._request(
+                    "POST", endpoint, data=payload, headers={"content-type": "application/json"}
+                )
+        except TimeoutError:
+            raise self._unreachable(TimeoutError()) from None
         content_type = response.headers.get("content-type", "application/json")
         if response.status >= 400:
             raw = await self._read(response)
-            raise _upstream_error(response.status, raw[:MAX_ERROR_BODY_BYTES], self.spec.base_url)
+            raise _upstream_error(
+                response.status, raw[:MAX_ERROR_BODY_BYTES], self.spec.base_url, response.headers
+            )
         if stream and content_type.startswith("text/event-stream"):
             return RelayResponse(response.status, content_type, stream=self._relay_stream(response))
-        return RelayResponse(response.status, content_type, body=await self._read(response))
+        try:
+            async with asyncio.timeout(self.spec.timeout_seconds):
+                body_bytes = await self._read(response)
+        except TimeoutError:
+            raise self._unreachable(TimeoutError()) from None
+        return RelayResponse(response.status, content_type, body=body_bytes)
 
     async def _relay_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         # Bytes as they arrive; closing this generator (client gone) closes the upstream.
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
+        except (TimeoutError, aiohttp.ClientError):
+            raise UpstreamError(
+                f"Upstream {self.spec.base_url} broke off its stream.",
+                code="upstream_unreachable",
+            ) from None
         finally:
             response.close()
 
