@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import redis
 import yaml
 
 __all__ = [
+    "FaultUpstream",
     "RedisProcess",
     "ServerProcess",
     "create_postgres_database",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 SERVER_START_TIMEOUT_SECONDS = 60.0
+FAULT_UPSTREAM_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "_fault_upstream.py"
 
 
 def free_port() -> int:
@@ -145,6 +148,119 @@ class RedisProcess:
     def thaw(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+
+class FaultUpstream:
+    """A ``benchmarks/_fault_upstream.py`` child process that a test can steer, read, kill and
+    start again on the same port (a deployment that comes back).
+
+    ``knobs`` are the upstream's command-line knobs by their Python names (``latency_ms=1``,
+    ``error_share=0.5`` …); ``.control(**knobs)`` changes them while it runs. Use it as a
+    context manager, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(
+        self, name: str = "fault-upstream", *, seed: int = 0, model: str | None = None, **knobs: Any
+    ) -> None:
+        self.name = name
+        self.seed = seed
+        self.model = model
+        self.knobs = knobs
+        # 0 until the first start: the child binds a free port itself and says which, so no
+        # other process can take the port between choosing and binding it.
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self._output: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``, where ``/health``, ``/_control`` and ``/_stats`` live."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL, ending in ``/v1``."""
+        return f"{self.base_url}/v1"
+
+    def start(self, timeout: float = 15.0) -> FaultUpstream:
+        """Start the child (on the port of the last start, if any); wait for ``ready <port>``."""
+        command = [sys.executable, str(FAULT_UPSTREAM_SCRIPT), "--port", str(self.port)]
+        command += ["--name", self.name, "--seed", str(self.seed)]
+        if self.model is not None:
+            command += ["--model", self.model]
+        for knob, value in self.knobs.items():
+            command += ["--" + knob.replace("_", "-"), str(value)]
+        self._output = []
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.process = process
+        ready = threading.Event()
+
+        def read() -> None:
+            # Drained to the end so that the pipe never fills and blocks the child.
+            assert process.stdout is not None
+            for line in process.stdout:
+                self._output.append(line)
+                if line.startswith("ready ") and not ready.is_set():
+                    self.port = int(line.split()[1])
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.02):
+            if process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"fault upstream {self.name} did not start:\n{self.logs()}")
+        return self
+
+    def logs(self) -> str:
+        """What the child printed (stdout and stderr)."""
+        return "".join(self._output)
+
+    def control(self, **knobs: Any) -> dict[str, Any]:
+        """Change knobs at runtime (``seed=`` reseeds); the knobs in force afterwards."""
+        response = httpx.post(f"{self.base_url}/_control", json=knobs, timeout=5)
+        if response.status_code != 200:
+            raise ValueError(f"/_control refused {knobs}: {response.text}")
+        return dict(response.json())
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /_stats``: requests by path and status, in flight, disconnected, streams."""
+        response = httpx.get(f"{self.base_url}/_stats", timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def reset(self) -> dict[str, Any]:
+        """Knobs and seed back to the start's, counters to zero (between tests sharing it)."""
+        response = httpx.post(f"{self.base_url}/_reset", timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def kill(self) -> None:
+        """SIGKILL: the deployment dies at once, mid-answer; its port refuses connections."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit status (None if never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> FaultUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
