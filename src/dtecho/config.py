@@ -312,7 +312,7 @@ class RetrySettings(BaseModel):
     backoff_max_seconds: float = Field(2.0, ge=0)
     max_retry_after_seconds: float = Field(5.0, ge=0)  # a longer retry-after is not waited for
     budget_ratio: float = Field(0.1, ge=0, le=1)  # retries ≤ this share of recent requests …
-    budget_min_retries: int = Field(3, ge=0)  # … or this many per window, whichever is more
+    budget_min_retries: int = Field(10, ge=0)  # … or this many per window, whichever is more
     budget_window_seconds: float = Field(10.0, gt=0)
 
 
@@ -462,6 +462,7 @@ class Settings(BaseSettings):
     redis_url: RedisUrl = None
     redis_timeout_seconds: float = Field(0.05, gt=0, le=30)
     shutdown_timeout_seconds: float = Field(30.0, ge=0)
+    drain_delay_seconds: float = Field(2.0, ge=0, le=300)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     models: list[ModelSpec] = Field(default_factory=_default_models, min_length=1)
     dtesn: DtesnSettings = Field(default_factory=DtesnSettings)

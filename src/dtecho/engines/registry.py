@@ -30,9 +30,9 @@ def check_engine_dependencies(settings: Settings) -> None:
 def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
     """The engine serving ``spec``; heavy back ends are imported only when configured."""
     if isinstance(spec, OpenAIModelSpec):
-        from dtecho.engines.openai_upstream import OpenAIUpstreamEngine
+        from dtecho.router.router import RoutedModel
 
-        return OpenAIUpstreamEngine(spec)
+        return RoutedModel(spec)
     if isinstance(spec, DtesnModelSpec):
         from dtecho.engines.dtesn import DtesnEngine
 
@@ -41,6 +41,17 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
     from dtecho.engines.inprocess import InProcessEngine
 
     return InProcessEngine(spec)
+
+
+def _check_fallbacks(spec: OpenAIModelSpec, relays: dict[str, Any]) -> None:
+    chains = spec.routing.fallbacks.model_dump()
+    for failure, chain in chains.items():
+        for model in chain:
+            if model not in relays or model == spec.name:
+                raise ConfigError(
+                    f"invalid setting models.{spec.name}.routing.fallbacks.{failure}: "
+                    f"'{model}' is not another served openai model"
+                )
 
 
 class ModelRegistry:
@@ -55,7 +66,36 @@ class ModelRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
-        return cls({spec.name: build_engine(spec, settings) for spec in settings.models})
+        registry = cls({spec.name: build_engine(spec, settings) for spec in settings.models})
+        for spec in settings.models:
+            if isinstance(spec, OpenAIModelSpec):
+                _check_fallbacks(spec, registry._relays)
+                registry._relays[spec.name].bind(registry._relays.get)  # type: ignore[attr-defined]
+        return registry
+
+    def routed(self) -> dict[str, Any]:
+        """The models relayed through the router, by name."""
+        return {n: e for n, e in self._relays.items() if hasattr(e, "deployments")}
+
+    def routing_counts(self) -> dict[tuple[str, str, str], int]:
+        """``{(model, deployment, outcome): count}`` of every routed model's attempts."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for name, model in self.routed().items():
+            for event, value in model.counts.items():
+                counts[(name, "", event)] = value
+            for deployment in model.deployments:
+                for outcome, value in deployment.counts.items():
+                    counts[(name, deployment.name, outcome)] = value
+        return counts
+
+    def breaker_transitions(self) -> dict[tuple[str, str, str, str], int]:
+        """``{(model, deployment, from, to): count}``."""
+        return {
+            (name, deployment.name, old, new): value
+            for name, model in self.routed().items()
+            for deployment in model.deployments
+            for (old, new), value in deployment.breaker.transitions.items()
+        }
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start every engine; each is closed (in reverse order) when ``stack`` unwinds."""

@@ -56,12 +56,31 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
         _log.info("redis_configured", url=redact_url(url))
 
     await start_gateway(state, stack)
+    await _share_breakers(state, stack)
     await state.cache.cache.start()  # never fails for Redis trouble: L1/L2 serve meanwhile
     stack.push_async_callback(state.cache.cache.close)
     await state.models.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
     for name, engine in state.models.engines().items():
         state.readiness[f"model:{name}"] = engine.check_ready
+
+
+async def _share_breakers(state: ServerState, stack: AsyncExitStack) -> None:
+    """With Redis, a breaker opening on one replica is seen by the others within a second."""
+    routed = state.models.routed()
+    url = state.settings.limits_redis_url
+    if not routed or not url:
+        return
+    from dtecho.router.breaker import SharedBreakers
+
+    client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    stack.push_async_callback(client.aclose)
+    shared = SharedBreakers(client, namespace=state.settings.cache.namespace)
+    for name, model in routed.items():
+        for deployment in model.deployments:
+            shared.attach(name, deployment.breaker)
+    await shared.start()
+    stack.push_async_callback(shared.close)
 
 
 def _watch_gateway(state: ServerState) -> None:
@@ -145,6 +164,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Generations by model and outcome (started, completed, cancelled).",
         ("model", "outcome"),
         state.models.generation_counts,
+    )
+    state.metrics.watch_counters(
+        "dtecho_upstream_attempts",
+        "Routed upstream attempts by model, deployment and outcome (success, failure, "
+        "client_error, cancelled, probe_*); deployment '' holds the model's events (retry, "
+        "hedge, hedge_won, hedge_cancelled, fallback:<class>, retry_budget_exhausted, …).",
+        ("model", "deployment", "outcome"),
+        state.models.routing_counts,
+    )
+    state.metrics.watch_counters(
+        "dtecho_breaker_transitions",
+        "Circuit breaker transitions by model, deployment and states.",
+        ("model", "deployment", "from_state", "to_state"),
+        state.models.breaker_transitions,
     )
     state.metrics.watch_counters(
         "dtecho_cache_events",

@@ -207,3 +207,10 @@ async def audit(
     ]
     last = data[-1]["id"] if len(data) == limit else None
     return {"object": "list", "data": data, "next_before_id": last}
+
+
+@router.get("/upstreams")
+async def upstreams(request: Request) -> dict[str, Any]:
+    """Every routed model's deployments: breaker state, load, latency, outcomes."""
+    routed = get_state(request).models.routed()
+    return {"object": "list", "data": [model.snapshot() for model in routed.values()]}

@@ -35,9 +35,14 @@ async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) ->
     if answer.stream is not None:
         return StreamingResponse(
             answer.stream, status_code=answer.status, media_type=answer.content_type,
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **answer.headers},
         )  # fmt: skip
-    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        media_type=answer.content_type,
+        headers=answer.headers or None,
+    )
 
 
 @router.get("/models")

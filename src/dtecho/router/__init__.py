@@ -1,0 +1,1 @@
+"""The router: deployments per model, strategies, retries, breakers, fallbacks, hedging."""

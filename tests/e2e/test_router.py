@@ -1,0 +1,259 @@
+"""The router through real processes: ``dtecho serve`` in front of fault-injecting upstreams.
+
+Every upstream is a ``benchmarks/_fault_upstream.py`` process (``support.FaultUpstream``) that
+fails, slows down or dies on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from support import FaultUpstream, ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, FaultUpstream]]:
+    started: dict[str, FaultUpstream] = {}
+
+    def start(name: str, **knobs: Any) -> FaultUpstream:
+        knobs.setdefault("latency_ms", 1)
+        knobs.setdefault("tail_share", 0)
+        upstream = FaultUpstream(name, **knobs)
+        upstream.start()
+        started[name] = upstream
+        return upstream
+
+    started["start"] = start  # type: ignore[assignment]
+    yield started
+    for name, upstream in started.items():
+        if name != "start":
+            upstream.stop()
+
+
+def model(name: str, *upstreams: FaultUpstream, **routing: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "engine": "openai",
+        "deployments": [
+            {"name": upstream.name, "base_url": upstream.url, "upstream_model": "m"}
+            for upstream in upstreams
+        ],
+        "routing": routing,
+    }
+
+
+def serve(server_factory: Any, *models: dict[str, Any], **config: Any) -> ServerProcess:
+    return server_factory({"models": list(models), **config})
+
+
+def chat(server: ServerProcess, model_name: str, **body: Any) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": model_name, "messages": CHAT, **body},
+        timeout=30,
+    )
+
+
+def served_by(response: httpx.Response) -> str:
+    return response.json()["choices"][0]["message"]["content"].split()[2]
+
+
+def completions(upstream: FaultUpstream) -> int:
+    requests = upstream.stats()["requests"].get("/v1/chat/completions", {})
+    return sum(requests.values())
+
+
+def test_killing_one_of_two_deployments_under_load_fails_no_request(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    a, b = upstreams["start"]("up-a"), upstreams["start"]("up-b")
+    server = serve(server_factory, model("pair", a, b))
+    statuses: list[int] = []
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+
+            async def one() -> None:
+                response = await client.post(
+                    "/v1/chat/completions", json={"model": "pair", "messages": CHAT}
+                )
+                statuses.append(response.status_code)
+
+            for round_ in range(30):
+                if round_ == 10:
+                    b.kill()  # mid-run, with requests in flight on it
+                await asyncio.gather(*(one() for _ in range(20)))
+
+    asyncio.run(load())
+    assert len(statuses) == 600
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    upstream_states = httpx.get(f"{server.base_url}/admin/upstreams").json()["data"][0]
+    dead = next(d for d in upstream_states["deployments"] if d["name"] == "up-b")
+    assert dead["breaker"]["state"] == "open"
+
+
+def test_fallbacks_by_failure_class(server_factory: Any, upstreams: dict[str, Any]) -> None:
+    primary, spare = upstreams["start"]("up-a"), upstreams["start"]("up-b")
+    server = serve(
+        server_factory,
+        model(
+            "primary",
+            primary,
+            retries={"attempts": 1},
+            fallbacks={
+                "rate_limited": ["for-429"],
+                "context_window": ["for-context"],
+                "content_policy": ["for-policy"],
+            },
+        ),
+        model("for-429", spare),
+        model("for-context", spare),
+        model("for-policy", spare),
+    )
+    plain = chat(server, "primary")
+    assert plain.status_code == 200 and served_by(plain) == "up-a"
+    assert plain.headers["x-dtecho-deployment"] == "up-a"
+    for metadata, fallback in (
+        ({"fault_status": "429", "fault_target": "up-a"}, "for-429"),
+        ({"fault": "context_length", "fault_target": "up-a"}, "for-context"),
+        ({"fault": "content_policy", "fault_target": "up-a"}, "for-policy"),
+    ):
+        answer = chat(server, "primary", metadata=metadata)
+        assert answer.status_code == 200, (metadata, answer.text)
+        assert served_by(answer) == "up-b"
+        assert answer.json()["model"] == fallback
+        assert answer.headers["x-dtecho-model"] == fallback
+        assert answer.headers["x-dtecho-deployment"] == "up-b"
+        assert answer.headers["x-dtecho-fallback-from"] == "primary"
+    # A failure class without a chain keeps the upstream's own error.
+    refused = chat(server, "primary", metadata={"fault_status": "418", "fault_target": "up-a"})
+    assert refused.status_code == 418 and "error" in refused.json()
+
+
+def test_a_stream_is_never_retried_after_its_first_byte(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    a, b = upstreams["start"]("up-a"), upstreams["start"]("up-b")
+    server = serve(server_factory, model("pair", a, b, strategy="weighted"))
+    broken = {"fault_break_after": "2"}
+    for _ in range(6):
+        with httpx.stream(
+            "POST",
+            f"{server.base_url}/v1/chat/completions",
+            json={"model": "pair", "messages": CHAT, "stream": True, "metadata": broken},
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.HTTPError):  # cut off: the client sees it broken
+                b"".join(response.iter_raw())
+    # Six streams, each broken after its first chunks reached us: six upstream streams in all,
+    # none retried on the other deployment.
+    assert completions(a) + completions(b) == 6
+
+
+def test_retries_happen_before_the_first_byte(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    a, b = upstreams["start"]("up-a"), upstreams["start"]("up-b")
+    server = serve(server_factory, model("pair", a, b))
+    for _ in range(10):  # up-a refuses before answering: each stream is retried on up-b
+        with httpx.stream(
+            "POST",
+            f"{server.base_url}/v1/chat/completions",
+            json={
+                "model": "pair",
+                "messages": CHAT,
+                "stream": True,
+                "metadata": {"fault_status": "503", "fault_target": "up-a"},
+            },
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200
+            text = b"".join(response.iter_raw()).decode()
+        assert "data: [DONE]" in text
+        assert _streamed_content(text).startswith("served by up-b")
+
+
+def _streamed_content(text: str) -> str:
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    return "".join(
+        event["choices"][0]["delta"].get("content") or "" for event in events if event["choices"]
+    )
+
+
+def test_the_retry_budget_caps_retries_in_a_total_outage(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    a = upstreams["start"]("up-a", error_share=1.0, error_status=500)
+    b = upstreams["start"]("up-b", error_share=1.0, error_status=500)
+    server = serve(
+        server_factory,
+        model(
+            "pair",
+            a,
+            b,
+            breaker={"enabled": False},  # so every request reaches an upstream
+            retries={"attempts": 5, "budget_ratio": 0.1, "budget_min_retries": 3},
+        ),
+    )
+    statuses = [chat(server, "pair").status_code for _ in range(100)]
+    assert set(statuses) == {500}
+    upstream_calls = completions(a) + completions(b)
+    # Without a budget, 5 attempts each would be 500 calls; the budget allows 10% + 3 retries.
+    assert 100 < upstream_calls <= 100 + 10 + 3, upstream_calls
+
+
+def test_hedging_answers_from_the_faster_deployment_and_closes_the_slower(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    slow = upstreams["start"]("up-slow", latency_ms=2000)
+    fast = upstreams["start"]("up-fast", latency_ms=1)
+    spec = model(
+        "hedged",
+        slow,
+        fast,
+        hedging={"enabled": True, "delay_seconds": 0.05, "budget_ratio": 1.0},
+        retries={"attempts": 1},
+    )
+    spec["deployments"][0]["weight"] = 1e6  # the slow one is nearly always tried first
+    spec["deployments"][1]["weight"] = 1e-6
+    server = serve(server_factory, spec)
+    answer = chat(server, "hedged")
+    assert answer.status_code == 200
+    assert served_by(answer) == "up-fast" and answer.headers["x-dtecho-deployment"] == "up-fast"
+    # The slow attempt was cancelled: the upstream saw its client leave before it answered.
+    wait_until(lambda: slow.stats()["disconnected"] >= 1, timeout=5)
+    counts = httpx.get(f"{server.base_url}/admin/upstreams").json()["data"][0]["counts"]
+    assert counts["hedge"] == 1 and counts["hedge_won"] == 1
+
+
+def test_all_deployments_open_is_a_503_with_retry_after(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    a = upstreams["start"]("up-a", error_share=1.0, error_status=503)
+    server = serve(
+        server_factory,
+        model(
+            "single",
+            a,
+            retries={"attempts": 1},
+            breaker={"minimum_number_of_calls": 3, "sliding_window_size": 3},
+        ),
+    )
+    assert [chat(server, "single").status_code for _ in range(3)] == [503, 503, 503]
+    calls = completions(a)
+    refused = chat(server, "single")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "breaker_open"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert completions(a) == calls  # refused without calling the upstream
