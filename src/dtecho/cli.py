@@ -61,15 +61,18 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from dtecho.engines.registry import check_engine_dependencies
     from dtecho.observability.logging import configure_logging
+    from dtecho.server.drain import serve
 
     settings = _settings_from(args)
     check_engine_dependencies(settings)
     configure_logging(settings.log_level)
-    common = dict(
+    if settings.workers > 1 and args.config:
+        # Worker processes build their own app from the same sources.
+        os.environ["DTECHO_CONFIG_FILE"] = os.path.abspath(args.config)
+    return serve(
+        settings,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -79,18 +82,6 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
-    if settings.workers == 1:
-        from dtecho.server.app import create_app
-
-        uvicorn.run(create_app(settings), **common)
-    else:
-        # Worker processes build their own app from the same sources.
-        if args.config:
-            os.environ["DTECHO_CONFIG_FILE"] = os.path.abspath(args.config)
-        uvicorn.run(
-            "dtecho.server.app:create_app", factory=True, workers=settings.workers, **common
-        )
-    return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:

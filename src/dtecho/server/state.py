@@ -36,6 +36,7 @@ class ServerState:
     pages: PageRenderer = field(default_factory=PageRenderer)
     started_at: float = field(default_factory=time.time)
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+    draining: bool = False  # set on SIGTERM by dtecho.server.drain; readiness answers 503
     redis: Any = None  # redis.asyncio.Redis once the lifespan has opened it
     # Set by the lifespan (dtecho.server.gateway): the store, API keys and the auth/quota layer.
     store: Any = None  # dtecho.store.Store

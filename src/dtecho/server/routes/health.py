@@ -37,9 +37,16 @@ async def ready(request: Request) -> JSONResponse:
     """Every configured engine is loaded and every configured dependency answers.
 
     200 with each check's state, or 503 with an OpenAI error body plus the same ``checks`` map
-    so an operator sees every reason at once.
+    so an operator sees every reason at once. From the moment the process is told to stop
+    (:mod:`dtecho.server.drain`) it answers 503 with code ``draining`` without running the
+    checks, so a load balancer stops sending before the listener closes.
     """
-    checks = get_state(request).readiness
+    state = get_state(request)
+    if state.draining:
+        body = error_body("Draining: the server is shutting down", "server_error", None, "draining")
+        body.update(status="draining")
+        return JSONResponse(body, status_code=503)
+    checks = state.readiness
     names = list(checks)
     failures = await asyncio.gather(*(_run_check(checks[name]) for name in names))
     results = {name: (reason or "ok") for name, reason in zip(names, failures, strict=True)}
