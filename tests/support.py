@@ -80,7 +80,8 @@ def start_server(
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config_path = directory / "dtecho.yaml"
-    config = {"data_dir": str(directory / "data"), **(config or {})}
+    # No drain delay: tests stop servers often; the drain tests set their own.
+    config = {"data_dir": str(directory / "data"), "drain_delay_seconds": 0, **(config or {})}
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     log_path = directory / "server.log"
     child_env = {
