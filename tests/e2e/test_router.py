@@ -257,3 +257,45 @@ def test_all_deployments_open_is_a_503_with_retry_after(
     assert refused.json()["error"]["code"] == "breaker_open"
     assert int(refused.headers["retry-after"]) >= 1
     assert completions(a) == calls  # refused without calling the upstream
+
+
+def test_breakers_are_shared_by_replicas_through_redis(
+    server_factory: Any, upstreams: dict[str, Any], redis_url: str
+) -> None:
+    import uuid
+
+    up = upstreams["start"]("up-a", error_share=1.0, error_status=503)
+    spec = model(
+        "shared",
+        up,
+        retries={"attempts": 1},
+        breaker={
+            "minimum_number_of_calls": 3,
+            "sliding_window_size": 3,
+            "wait_duration_open_seconds": 2,
+            "permitted_calls_in_half_open": 2,
+        },
+        health_check_interval_seconds=None,
+    )
+    config = {"redis_url": redis_url, "cache": {"namespace": f"brk-{uuid.uuid4().hex[:8]}"}}
+    first = serve(server_factory, spec, **config)
+    second = serve(server_factory, spec, **config)
+
+    def state(server: ServerProcess) -> str:
+        data = httpx.get(f"{server.base_url}/admin/upstreams").json()["data"][0]
+        return data["deployments"][0]["breaker"]["state"]
+
+    assert [chat(first, "shared").status_code for _ in range(3)] == [503, 503, 503]
+    assert state(first) == "open"
+    wait_until(lambda: state(second) == "open", timeout=1.0)  # the bound: within 1 s
+    calls = completions(up)
+    refused = chat(second, "shared")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "breaker_open"
+    assert completions(up) == calls  # the second replica never called the failing upstream
+
+    up.control(error_share=0.0)  # the upstream recovers
+    wait_until(lambda: state(first) == "half_open", timeout=5)
+    assert [chat(first, "shared").status_code for _ in range(2)] == [200, 200]
+    assert state(first) == "closed"
+    wait_until(lambda: state(second) != "open", timeout=1.0)
+    assert chat(second, "shared").status_code == 200
