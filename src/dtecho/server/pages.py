@@ -30,6 +30,9 @@ class PageRenderer:
     def dashboard(self, status: dict[str, Any]) -> str:
         return self.render("dashboard.html", status=status)
 
+    def upstreams(self, models: list[dict[str, Any]]) -> str:
+        return self.render("upstreams.html", models=models)
+
     def dtesn(
         self,
         form: dict[str, Any],

@@ -56,6 +56,16 @@ async def dashboard(request: Request) -> Response:
     return render(request, data, page=lambda: state.pages.dashboard(data), root="status")
 
 
+@router.get("/upstreams")
+async def upstreams_page(request: Request) -> Response:
+    """Routed models' deployments: breaker states, load, latency and error rates (HTML for
+    browsers; JSON/XML/msgpack otherwise)."""
+    state = get_state(request)
+    models = [model.snapshot() for model in state.models.routed().values()]
+    data = {"object": "list", "data": models}
+    return render(request, data, page=lambda: state.pages.upstreams(models), root="upstreams")
+
+
 @router.get("/dtesn", response_class=HTMLResponse)
 async def dtesn_form(request: Request) -> HTMLResponse:
     """The processing form."""
