@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -51,12 +52,15 @@ __all__ = [
     "LimitsSettings",
     "ModelSpec",
     "OpenAIModelSpec",
+    "ReloadSettings",
     "RetrySettings",
     "RoutingSettings",
     "Secret",
     "Settings",
     "load_settings",
     "redact_url",
+    "reload_settings",
+    "settings_from_document",
 ]
 
 MIB = 1024 * 1024
@@ -82,7 +86,15 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; ``str()`` is one line naming the field and the problem."""
+    """The configuration cannot be used; ``str()`` is one line naming the field and the problem.
+
+    ``field`` is the dotted path of the offending setting as a config file spells it
+    (``models.0.routing.strategy``), when one is known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _resolve_plain(value: Any) -> Any:
@@ -436,6 +448,17 @@ ModelSpec = Annotated[
 ]
 
 
+class ReloadSettings(BaseModel):
+    """Live configuration changes (``dtecho.server.live``, ``POST /admin/config/reload``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    watch: bool = True  # re-apply the config file when it changes (if the server has one)
+    # After a swap, the new models must stay ready (and new deployments answer) this long,
+    # or the previous configuration comes back.
+    probation_seconds: float = Field(5.0, ge=0, le=300)
+
+
 def _default_models() -> list[Any]:
     return [
         DtesnModelSpec(name="dtesn-echo", task="generate"),
@@ -474,6 +497,12 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = Field(1.0, gt=0, le=300)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    reload: ReloadSettings = Field(default_factory=ReloadSettings)
+
+    # Where these settings came from (set by load_settings), so that a live reload reads the
+    # same sources again: the config file and the explicit overrides.
+    _config_file: Path | None = PrivateAttr(None)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("models")
     @classmethod
@@ -515,6 +544,11 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
         return value
+
+    @property
+    def config_file(self) -> Path | None:
+        """The YAML file these settings were loaded from, if any."""
+        return self._config_file
 
     @property
     def store_url(self) -> str:
@@ -610,6 +644,18 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _field(error: Mapping[str, Any]) -> str:
+    """The error's location as a config file spells it: without the union tag pydantic adds
+    (``models.0.openai.routing`` is ``models.0.routing`` in the file)."""
+    parts = [str(part) for part in error["loc"]]
+    if len(parts) > 2 and parts[0] == "models" and parts[2] in _ENGINE_TAGS:
+        del parts[2]
+    return ".".join(parts) or "settings"
+
+
+_ENGINE_TAGS = frozenset({"dtesn", "openai", "aphrodite", "vllm"})
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "settings"
     message = str(error["msg"])
@@ -624,6 +670,22 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"invalid setting {field}: {message}{shown}"
 
 
+def _build(
+    file_data: Mapping[str, Any], config_file: Path | None, overrides: dict[str, Any]
+) -> Settings:
+    token = _overrides.set(overrides)
+    try:
+        settings = Settings(**file_data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(_describe(error), field=_field(error)) from None
+    finally:
+        _overrides.reset(token)
+    settings._config_file = config_file
+    settings._overrides = dict(overrides)
+    return settings
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build the settings from defaults, a YAML file, the environment and ``overrides``.
 
@@ -633,11 +695,19 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     """
     if config_file is None:
         config_file = os.environ.get("DTECHO_CONFIG_FILE") or None
-    file_data = _read_config_file(Path(config_file)) if config_file else {}
-    token = _overrides.set(overrides)
-    try:
-        return Settings(**file_data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0])) from None
-    finally:
-        _overrides.reset(token)
+    path = Path(config_file).absolute() if config_file else None
+    file_data = _read_config_file(path) if path else {}
+    return _build(file_data, path, overrides)
+
+
+def reload_settings(settings: Settings) -> Settings:
+    """Read ``settings``' sources again: the same config file and overrides, the environment
+    as it is now. Raises :class:`ConfigError` like :func:`load_settings`."""
+    path = settings.config_file
+    return _build(_read_config_file(path) if path else {}, path, dict(settings._overrides))
+
+
+def settings_from_document(document: Mapping[str, Any], *, like: Settings) -> Settings:
+    """Settings from ``document`` (what a config file would hold) in place of ``like``'s file,
+    with ``like``'s overrides and the environment above it, as at start-up."""
+    return _build(document, like.config_file, dict(like._overrides))

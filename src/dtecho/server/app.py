@@ -19,6 +19,7 @@ from dtecho.server.caching import RouteCache
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
 from dtecho.server.gateway import start_gateway
+from dtecho.server.live.reloader import LiveConfig
 from dtecho.server.middleware import ServingMiddleware
 from dtecho.server.routes import admin, cache, dtesn, dtesn_models, health, openai, pages
 from dtecho.server.security import SecurityMiddleware
@@ -59,10 +60,10 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
     await _share_breakers(state, stack)
     await state.cache.cache.start()  # never fails for Redis trouble: L1/L2 serve meanwhile
     stack.push_async_callback(state.cache.cache.close)
-    await state.models.start(stack)
+    # Starts the models (and their readiness checks); from here on the live configuration
+    # owns every engine, whichever configuration version it belongs to.
+    await state.live.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
-    for name, engine in state.models.engines().items():
-        state.readiness[f"model:{name}"] = engine.check_ready
 
 
 async def _share_breakers(state: ServerState, stack: AsyncExitStack) -> None:
@@ -81,6 +82,7 @@ async def _share_breakers(state: ServerState, stack: AsyncExitStack) -> None:
             shared.attach(name, deployment.breaker)
     await shared.start()
     stack.push_async_callback(shared.close)
+    state.live.shared_breakers = shared  # a reload attaches its new deployments' breakers
 
 
 def _watch_gateway(state: ServerState) -> None:
@@ -124,6 +126,26 @@ def _watch_gateway(state: ServerState) -> None:
     )
 
 
+class _LiveAliases:
+    """The fast path's view of the request aliases of whichever route cache is current.
+
+    Each configuration has its own route cache (its keys carry its models' fingerprints), so
+    after a reload the fast path must stop answering from the previous one's aliases.
+    """
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+
+    def get(self, digest: bytes) -> Any:
+        return self._state.cache.aliases.get(digest)
+
+    def remember(self, digest: bytes, key: str, kind: Any) -> None:
+        self._state.cache.aliases.remember(digest, key, kind)
+
+    def __len__(self) -> int:
+        return len(self._state.cache.aliases)
+
+
 def _response_cache(settings: Settings) -> ResponseCache:
     return ResponseCache(
         settings.cache,
@@ -159,11 +181,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for engine in state.models.engines().values():
         if hasattr(engine, "observe_batches"):  # engines that batch embedding requests
             engine.observe_batches(embedding_batches)
+    state.live = LiveConfig(state, embedding_batches=embedding_batches)
+    # The sources read state.models when scraped: a reload replaces the registry.
     state.metrics.watch_counters(
         "dtecho_engine_generations",
         "Generations by model and outcome (started, completed, cancelled).",
         ("model", "outcome"),
-        state.models.generation_counts,
+        lambda: state.models.generation_counts(),
     )
     state.metrics.watch_counters(
         "dtecho_upstream_attempts",
@@ -171,13 +195,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "client_error, cancelled, probe_*); deployment '' holds the model's events (retry, "
         "hedge, hedge_won, hedge_cancelled, fallback:<class>, retry_budget_exhausted, …).",
         ("model", "deployment", "outcome"),
-        state.models.routing_counts,
+        lambda: state.models.routing_counts(),
     )
     state.metrics.watch_counters(
         "dtecho_breaker_transitions",
         "Circuit breaker transitions by model, deployment and states.",
         ("model", "deployment", "from_state", "to_state"),
-        state.models.breaker_transitions,
+        lambda: state.models.breaker_transitions(),
+    )
+    state.metrics.watch_counters(
+        "dtecho_config_reloads",
+        "Configuration changes by source (file, api, rollback) and outcome (applied, "
+        "rolled_back, rejected, unchanged).",
+        ("source", "outcome"),
+        state.live.counts,
     )
     state.metrics.watch_counters(
         "dtecho_cache_events",
@@ -220,7 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     # Inside the serving middleware, so fast answers get ids, headers, metrics and logs too;
     # and inside the security layer, so that even a cached answer is authenticated and counted.
-    app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=state.cache.aliases)
+    app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=_LiveAliases(state))
     app.add_middleware(SecurityMiddleware, state=state)
     app.add_middleware(
         ServingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_request_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
@@ -17,7 +17,10 @@ from dtecho.server.pages import PageRenderer
 from dtecho.services.dtesn_models import ModelService
 from dtecho.services.dtesn_service import DtesnService
 
-__all__ = ["ReadinessCheck", "ServerState", "get_state"]
+if TYPE_CHECKING:
+    from dtecho.server.live.snapshot import ConfigSnapshot
+
+__all__ = ["ReadinessCheck", "ServerState", "get_state", "request_config"]
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 """An async callable that returns when its component is ready and raises (with a reason) if not."""
@@ -25,7 +28,11 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 @dataclass
 class ServerState:
-    """The object graph of one app instance, built by :func:`dtecho.server.app.create_app`."""
+    """The object graph of one app instance, built by :func:`dtecho.server.app.create_app`.
+
+    ``settings``, ``models`` and ``cache`` are those of the current configuration snapshot
+    (``live.current``): a reload replaces them, together, never changes them in place.
+    """
 
     settings: Settings
     metrics: HttpMetrics
@@ -42,9 +49,20 @@ class ServerState:
     store: Any = None  # dtecho.store.Store
     keys: Any = None  # dtecho.security.keys.KeyService
     gateway: Any = None  # dtecho.server.security.Gateway
+    live: Any = None  # dtecho.server.live.reloader.LiveConfig: the snapshot, reloads, history
 
 
 def get_state(request: Request) -> ServerState:
     """The :class:`ServerState` of the app serving ``request``."""
     state: ServerState = request.app.state.dtecho
     return state
+
+
+def request_config(request: Request) -> ConfigSnapshot:
+    """The configuration snapshot ``request`` runs under: the current one at its first call,
+    the same one for the rest of the request however many reloads happen meanwhile."""
+    scope_state = request.scope.setdefault("state", {})
+    snapshot: ConfigSnapshot | None = scope_state.get("config")
+    if snapshot is None:
+        snapshot = scope_state["config"] = get_state(request).live.current
+    return snapshot

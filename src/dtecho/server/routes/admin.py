@@ -1,4 +1,5 @@
-"""The admin API: API keys, usage and the audit log (admin key or ``admin`` role only).
+"""The admin API: API keys, usage, the audit log, upstreams and the live configuration
+(admin key or ``admin`` role only).
 
 The security middleware has already refused non-admin principals before these run.
 """
@@ -10,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from dtecho.errors import InvalidRequest
 from dtecho.security.keys import IssuedKey, describe_key
@@ -214,3 +216,73 @@ async def upstreams(request: Request) -> dict[str, Any]:
     """Every routed model's deployments: breaker state, load, latency, outcomes."""
     routed = get_state(request).models.routed()
     return {"object": "list", "data": [model.snapshot() for model in routed.values()]}
+
+
+class ReloadRequest(BaseModel):
+    """``POST /admin/config/reload``: no body re-reads the config file; ``settings`` is a whole
+    settings document (what the file would hold) to apply in its place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] | None = None
+
+
+class RollbackRequest(BaseModel):
+    """``POST /admin/config/rollback``: the version to return to (default: the previous)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1)
+
+
+def _changed(request: Request, entry: Any) -> dict[str, Any]:
+    live = get_state(request).live
+    if entry is None:  # nothing differed from the running configuration
+        return {"object": "config.version", "version": live.current.version, "outcome": "unchanged"}
+    return {"object": "config.version", **entry.as_dict(current=live.current.version)}
+
+
+@router.get("/config")
+async def config(request: Request) -> dict[str, Any]:
+    """The running configuration (secrets and URL passwords redacted) and its version."""
+    live = get_state(request).live
+    current = live.current
+    path = current.settings.config_file
+    return {
+        "object": "config",
+        "version": current.version,
+        "file": None if path is None else str(path),
+        "watching": live.watching,
+        "settings": current.settings.redacted(),
+    }
+
+
+@router.post("/config/reload")
+async def reload_config(request: Request, body: ReloadRequest | None = None) -> dict[str, Any]:
+    """Validate, swap in and probe a new configuration (see ``docs/reload.md``).
+
+    200 when applied (or ``outcome: unchanged``); 400 naming the field when refused, nothing
+    changed; 409 when it failed its probation and the previous configuration is back.
+    """
+    document = body.settings if body is not None else None
+    entry = await get_state(request).live.reload(
+        source="api", actor=_actor(request), document=document
+    )
+    return _changed(request, entry)
+
+
+@router.get("/config/history")
+async def config_history(request: Request) -> dict[str, Any]:
+    """Reload attempts, newest first: version, source, outcome and the redacted changes."""
+    live = get_state(request).live
+    current = live.current.version
+    data = [entry.as_dict(current=current) for entry in reversed(list(live.history))]
+    return {"object": "list", "current_version": current, "data": data}
+
+
+@router.post("/config/rollback")
+async def rollback_config(request: Request, body: RollbackRequest | None = None) -> dict[str, Any]:
+    """Return to an applied version (default: the previous one); it becomes a new version."""
+    version = body.version if body is not None else None
+    entry = await get_state(request).live.rollback(actor=_actor(request), version=version)
+    return _changed(request, entry)
