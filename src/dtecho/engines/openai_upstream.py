@@ -150,26 +150,34 @@ class OpenAIUpstreamEngine:
         ``timeout_seconds`` for a whole non-streamed answer.
         """
         payload = json.dumps({**body, "model": self.upstream_model}).encode()
+        # One deadline, moved as the answer progresses (each asyncio timer costs microseconds
+        # on every request): the first byte's, then the whole answer's, or none.
         try:
-            async with asyncio.timeout(self.spec.first_byte_timeout_seconds):
+            async with asyncio.timeout(self.spec.first_byte_timeout_seconds) as deadline:
                 response = await self._request(
                     "POST", endpoint, data=payload, headers={"content-type": "application/json"}
                 )
-        except TimeoutError:
-            raise self._unreachable(TimeoutError()) from None
-        content_type = response.headers.get("content-type", "application/json")
-        if response.status >= 400:
-            raw = await self._read(response)
-            raise _upstream_error(
-                response.status, raw[:MAX_ERROR_BODY_BYTES], self.spec.base_url, response.headers
-            )
-        if stream and content_type.startswith("text/event-stream"):
-            return RelayResponse(response.status, content_type, stream=self._relay_stream(response))
-        try:
-            async with asyncio.timeout(self.spec.timeout_seconds):
+                content_type = response.headers.get("content-type", "application/json")
+                if response.status >= 400:
+                    deadline.reschedule(None)
+                elif stream and content_type.startswith("text/event-stream"):
+                    deadline.reschedule(None)
+                    return RelayResponse(
+                        response.status, content_type, stream=self._relay_stream(response)
+                    )
+                else:
+                    loop = asyncio.get_running_loop()
+                    deadline.reschedule(loop.time() + self.spec.timeout_seconds)
                 body_bytes = await self._read(response)
         except TimeoutError:
             raise self._unreachable(TimeoutError()) from None
+        if response.status >= 400:
+            raise _upstream_error(
+                response.status,
+                body_bytes[:MAX_ERROR_BODY_BYTES],
+                self.spec.base_url,
+                response.headers,
+            )
         return RelayResponse(response.status, content_type, body=body_bytes)
 
     async def _relay_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

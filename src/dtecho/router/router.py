@@ -264,6 +264,10 @@ class RoutedModel:
 
     def _ordered(self) -> list[Deployment]:
         now = time.monotonic()
+        if len(self.deployments) == 1:  # nothing to order: one breaker and one cap to check
+            only = self.deployments[0]
+            usable = only.breaker.state is not BreakerState.OPEN and only.under_cap(now)
+            return [only] if usable else []
         open_ = [d for d in self.deployments if d.breaker.state is not BreakerState.OPEN]
         usable = [d for d in open_ if d.under_cap(now)]
         if not usable:
@@ -362,12 +366,14 @@ class RoutedModel:
         stream: bool,
     ) -> RelayResponse:
         hedging = self.routing.hedging
-        first = asyncio.ensure_future(self._attempt(deployment, endpoint, body, stream))
+        # Without a hedge the attempt runs in this task: a task of its own would cost its
+        # creation and an extra trip through the event loop on every request.
         if not hedging.enabled or len(ranked) < 2:
-            return await first
+            return await self._attempt(deployment, endpoint, body, stream)
         delay = hedging.delay_seconds or deployment.latency.p95()
         if delay is None:  # nothing measured yet: no basis for a hedge
-            return await first
+            return await self._attempt(deployment, endpoint, body, stream)
+        first = asyncio.ensure_future(self._attempt(deployment, endpoint, body, stream))
         done, _ = await asyncio.wait({first}, timeout=max(delay, hedging.min_delay_seconds))
         if done:
             return first.result()

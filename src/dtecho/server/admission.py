@@ -24,7 +24,9 @@ MODEL_PATHS = frozenset(
     }
 )
 _BYTES_PER_TOKEN = 4  # a deliberately rough prompt estimate; settlement uses the real count
-_USAGE = re.compile(rb'"usage"\s*:\s*\{((?:[^{}]|\{[^{}]*\})*)\}')
+# Possessive quantifiers: the object's grammar is deterministic (no backtracking can ever
+# succeed), and without them each character of the object costs a backtracking frame.
+_USAGE = re.compile(rb'"usage"\s*:\s*\{((?:[^{}]++|\{[^{}]*+\})*+)\}')
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _OVERLAP = 1024  # a usage object split across two body messages is found in the next

@@ -62,24 +62,34 @@ def public_matchers(paths: Sequence[str]) -> tuple[frozenset[str], tuple[str, ..
     return exact, prefixes
 
 
-def _credential(scope: Scope) -> str | None:
-    api_key = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+class _Headers:
+    """What the layer reads from the request headers, found in one pass over them."""
+
+    __slots__ = ("credential", "project", "size")
+
+    def __init__(self, scope: Scope) -> None:
+        size = 0
+        authorization = api_key = project = None
+        for name, value in scope["headers"]:
+            size += len(name) + len(value)
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif name == b"x-api-key":
+                api_key = value
+            elif name == b"openai-project" and project is None:
+                project = value
+        self.size = size
+        self.project = project.decode("latin-1") if project is not None else None
+        # The first Authorization header wins over any x-api-key (the last of which counts).
+        if authorization is not None:
+            scheme, _, token = authorization.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return value.decode("latin-1")  # not a bearer token: refused as malformed
-        if name == b"x-api-key":
-            api_key = value.decode("latin-1").strip()
-    return api_key
-
-
-def _header(scope: Scope, wanted: bytes) -> str | None:
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return value.decode("latin-1")
-    return None
+                self.credential: str | None = token.strip()
+            else:
+                self.credential = authorization.decode("latin-1")  # refused as malformed
+        else:
+            self.credential = api_key.decode("latin-1").strip() if api_key is not None else None
 
 
 def _client_ip(scope: Scope) -> str | None:
@@ -131,9 +141,8 @@ class SecurityMiddleware:
             scope_state["principal"] = gateway.authenticator.anonymous
             await self.app(scope, receive, send)
             return
-        if sum(len(name) + len(value) for name, value in scope["headers"]) > (
-            gateway.max_header_bytes
-        ):
+        headers = _Headers(scope)
+        if headers.size > gateway.max_header_bytes:
             body = error_body(
                 f"Request headers exceed {gateway.max_header_bytes} bytes.",
                 "invalid_request_error",
@@ -143,7 +152,7 @@ class SecurityMiddleware:
             await _send_error(send, 431, body)
             return
         try:
-            principal = await gateway.authenticator.authenticate(_credential(scope))
+            principal = await gateway.authenticator.authenticate(headers.credential)
         except DtechoError as exc:
             gateway.audit.record(
                 "auth.failure",
@@ -158,7 +167,7 @@ class SecurityMiddleware:
             return
         scope_state["principal"] = principal
         try:
-            self._authorise(scope, path, principal)
+            self._authorise(path, headers.project, principal)
         except PermissionDenied as exc:
             await _send_dtecho_error(send, exc)
             return
@@ -188,12 +197,11 @@ class SecurityMiddleware:
         await self._admitted(gateway, principal, model, reserve, strip_usage, scope, receive, send)
 
     @staticmethod
-    def _authorise(scope: Scope, path: str, principal: Principal) -> None:
+    def _authorise(path: str, project: str | None, principal: Principal) -> None:
         if (path == "/admin" or path.startswith("/admin/")) and not principal.is_admin:
             raise PermissionDenied(
                 "The admin API needs the admin key or the 'admin' role.", code="admin_only"
             )
-        project = _header(scope, b"openai-project")
         if (
             project is not None
             and principal.project is not None

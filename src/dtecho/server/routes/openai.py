@@ -30,7 +30,7 @@ def _answer(result: dict[str, Any] | AsyncIterator[bytes]) -> Response:
 
 
 async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) -> Response:
-    payload = body.model_dump(exclude_unset=True, exclude=set(CACHE_FIELDS))
+    payload = body.model_dump(exclude_unset=True, exclude=CACHE_FIELDS)
     answer = await engine.relay(endpoint, payload, stream=stream)
     if answer.stream is not None:
         return StreamingResponse(
@@ -88,8 +88,9 @@ def _deterministic(body: OpenAIRequest) -> bool:
 
 async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Response:
     """The answer to ``body``, through the response cache where the request allows it."""
-    cache = get_state(request).cache
-    get_state(request).models.get(body.model)  # an unknown model is a 404, never a cache miss
+    state = get_state(request)
+    cache = state.cache
+    state.models.get(body.model)  # an unknown model is a 404, never a cache miss
     key = cache.request_key(
         request, body, f"/v1/{endpoint}", body.model,
         default=_deterministic(body), exclude=frozenset({"user"}),
