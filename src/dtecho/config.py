@@ -324,7 +324,9 @@ class RetrySettings(BaseModel):
     backoff_max_seconds: float = Field(2.0, ge=0)
     max_retry_after_seconds: float = Field(5.0, ge=0)  # a longer retry-after is not waited for
     budget_ratio: float = Field(0.1, ge=0, le=1)  # retries ≤ this share of recent requests …
-    budget_min_retries: int = Field(10, ge=0)  # … or this many per window, whichever is more
+    # … or this many per window, whichever is more: enough, at low traffic, for the failures a
+    # breaker needs to see (minimum_number_of_calls) on a few deployments before it opens.
+    budget_min_retries: int = Field(30, ge=0)
     budget_window_seconds: float = Field(10.0, gt=0)
 
 

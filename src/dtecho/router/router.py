@@ -311,13 +311,15 @@ class RoutedModel:
                     self._count("retry_budget_exhausted")
                     break
                 self._count("retry")
-                headers = last.headers if last is not None else None
-                delay = next_delay(attempt - 1, retries, headers, rng=self._rng)
-                if delay:
-                    await asyncio.sleep(delay)
                 # Another deployment than those that failed this request, while there is one.
                 ranked = self._ordered() or ranked
                 fresh = [d for d in ranked if d.name not in tried]
+                # A retry-after speaks for the deployment that sent it: with an untried one at
+                # hand, only the (short) backoff is waited.
+                headers = last.headers if last is not None and not fresh else None
+                delay = next_delay(attempt - 1, retries, headers, rng=self._rng)
+                if delay:
+                    await asyncio.sleep(delay)
                 ranked, position = (fresh, 0) if fresh else (ranked, position)
             deployment, position = self._next(ranked, position)
             if deployment is not None:
@@ -368,7 +370,9 @@ class RoutedModel:
         hedging = self.routing.hedging
         # Without a hedge the attempt runs in this task: a task of its own would cost its
         # creation and an extra trip through the event loop on every request.
-        if not hedging.enabled or len(ranked) < 2:
+        # A lone usable deployment is hedged against itself: its slow tail is usually one
+        # request's bad luck, not the deployment's state.
+        if not hedging.enabled:
             return await self._attempt(deployment, endpoint, body, stream)
         delay = hedging.delay_seconds or deployment.latency.p95()
         if delay is None:  # nothing measured yet: no basis for a hedge
