@@ -43,7 +43,9 @@ Control, to change behaviour without a restart (these paths are not counted in t
 - ``GET /_stats`` -> ``requests`` (path -> status -> count; status ``"none"`` when no status
   line was sent), ``in_flight``, ``disconnected`` (the client went away before the answer
   completed), ``dropped`` (this upstream closed the connection on purpose: ``disconnect``
-  and broken streams), ``streams_completed``, ``streams_broken``;
+  and broken streams), ``streams_completed``, ``streams_broken``, ``tails`` (requests drawn
+  into the slow tail) and ``tails_waited`` (those that waited their whole tail latency, i.e.
+  were not abandoned by the client first);
 - ``POST /_reset`` -> knobs and seed back to the command line's, counters to zero.
 
 Every completion answer carries ``x-fault-upstream: <name>`` and ``x-fault-latency-ms``.
@@ -201,6 +203,8 @@ class Stats:
     dropped: int = 0
     streams_completed: int = 0
     streams_broken: int = 0
+    tails: int = 0
+    tails_waited: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +214,8 @@ class Stats:
             "dropped": self.dropped,
             "streams_completed": self.streams_completed,
             "streams_broken": self.streams_broken,
+            "tails": self.tails,
+            "tails_waited": self.tails_waited,
         }
 
 
@@ -383,8 +389,13 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     else:
         latency_ms = knobs.latency_ms * (knobs.tail_factor if slow else 1.0)
     headers = {"x-fault-upstream": state.name, "x-fault-latency-ms": f"{latency_ms:g}"}
+    tail = slow and faults.delay_ms is None
+    if tail:
+        state.stats.tails += 1
     if latency_ms > 0:
         await asyncio.sleep(latency_ms / 1000)
+    if tail:
+        state.stats.tails_waited += 1
 
     if faults.kind == "disconnect":
         _close(request)

@@ -20,8 +20,8 @@ sustains on a small machine, for the comparison with LiteLLM.
 
 For dtecho, ``/admin/upstreams`` is read before and after the phase (the router's counts:
 hedges, hedges won and refused, retries, retry budget exhausted; per deployment: successes,
-failures, cancelled attempts) and once a second during it (each deployment's p95, which is
-the adaptive hedge delay, and its breaker state).
+failures, cancelled attempts) and once a second during it (each deployment's p95 and breaker
+state, and the model's adaptive hedge delay: its p95 pooled over the deployments).
 
 Upstream requests are counted by the upstreams themselves (``/_stats``, chat completions of
 any status, including those the proxy gave up on); the killed one's count is read just before
@@ -149,7 +149,7 @@ CONFIGURATIONS = (
         "dtecho hedged (p95)",
         "dtecho",
         {"hedging": {"enabled": True, "delay_seconds": None, "budget_ratio": 0.05}},
-        "as dtecho, plus hedging after the first deployment's recent p95, budget 5%",
+        "as dtecho, plus hedging after the model's recent p95, budget 5%",
     ),
     Configuration(
         f"dtecho hedged ({FIXED_HEDGE_DELAY_S * 1e3:g} ms)",
@@ -575,7 +575,13 @@ def _timeline_point(port: int, first_send: float) -> list[Any] | None:
         ]
         for d in snap["deployments"]
     }
-    return [round(time.time() - first_send, 2), deps, snap["counts"].get("hedge", 0)]
+    delay = (snap.get("hedge_delay_ms") or {}).get("whole")
+    return [
+        round(time.time() - first_send, 2),
+        deps,
+        snap["counts"].get("hedge", 0),
+        None if delay is None else round(delay, 1),
+    ]
 
 
 def _router_delta(before: dict | None, after: dict | None) -> dict[str, Any] | None:
@@ -808,8 +814,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "per configuration; routing as in each configuration, the rest default",
             "litellm": {"router_settings": LITELLM_ROUTER, "workers": 1} if litellm else None,
             "request_body": json.loads(request_body()),
-            "router_timeline": "once a second: [s since the first send, {deployment: [p95 ms "
-            "(the adaptive hedge delay), breaker state]}, hedges since start-up]",
+            "router_timeline": "once a second: [s since the first send, {deployment: [p95 ms, "
+            "breaker state]}, hedges since start-up, the hedge delay in ms (None: off)]",
             "slowest_1pct causes": "a request is put down to a burst when it was scheduled "
             "within a burst of 'burst' (+0.1 s), to the kill when within 1 s after it",
             "warmup": "each configuration: open loop at the same rate with bursts off (not "

@@ -237,6 +237,32 @@ def test_hedging_answers_from_the_faster_deployment_and_closes_the_slower(
     assert counts["hedge"] == 1 and counts["hedge_won"] == 1
 
 
+def test_adaptive_hedging_rescues_every_tail_request_of_a_deployment(
+    server_factory: Any, upstreams: dict[str, Any]
+) -> None:
+    # up-a puts 6% of its calls into a 100x tail: more than 5%, so up-a's own p95 lies inside
+    # its tail and a hedge timed by it would come too late. Pooled over both deployments the
+    # tail is about 3%, so the model's p95 is a normal answer's time and every tail request
+    # is hedged long before its slow answer.
+    a = upstreams["start"]("up-a", latency_ms=20)
+    b = upstreams["start"]("up-b", latency_ms=20)
+    spec = model("adaptive", a, b, hedging={"enabled": True, "budget_ratio": 1.0})
+    server = serve(server_factory, spec)
+    for _ in range(30):  # a tail-free start, so the p95 exists before the first tail
+        assert chat(server, "adaptive").status_code == 200
+    a.control(tail_share=0.06, tail_factor=100)
+    statuses = []
+    while a.stats()["tails"] < 3 and len(statuses) < 600:
+        statuses.append(chat(server, "adaptive").status_code)
+    assert set(statuses) == {200}
+    stats = a.stats()
+    assert stats["tails"] >= 3
+    assert stats["tails_waited"] == 0  # each was cancelled by its hedge's answer
+    snapshot = httpx.get(f"{server.base_url}/admin/upstreams").json()["data"][0]
+    assert snapshot["counts"]["hedge_won"] >= stats["tails"]
+    assert snapshot["hedge_delay_ms"]["whole"] is not None
+
+
 def test_all_deployments_open_is_a_503_with_retry_after(
     server_factory: Any, upstreams: dict[str, Any]
 ) -> None:

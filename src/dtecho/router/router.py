@@ -100,13 +100,35 @@ def _log_transition(name: str, old: BreakerState, new: BreakerState) -> None:
 
 
 class _Attempt:
-    """One call to one deployment; keeps the books (in flight, breaker, latency) exactly once."""
+    """One call to one deployment; keeps the books (in flight, breaker, latency) exactly once.
 
-    def __init__(self, deployment: Deployment) -> None:
+    Latency is time to the first chunk for streams and the whole answer otherwise, observed by
+    the deployment's tracker (routing) and the model's pooled one (the adaptive hedge delay).
+    An attempt cancelled before it answered (the loser of a hedge, a client that went away)
+    is censored: its elapsed time is only a lower bound. Dropping it would bias the tail low
+    — the slow attempts are exactly the ones hedges cancel — so it is observed when it is
+    already past the tracker's p95, where only its rank, not its exact value, matters.
+    """
+
+    __slots__ = ("deployment", "done", "measured", "pooled", "started")
+
+    def __init__(self, deployment: Deployment, pooled: LatencyTracker) -> None:
         self.deployment = deployment
+        self.pooled = pooled
         self.started = time.monotonic()
         self.done = False
+        self.measured = False
         deployment.in_flight += 1
+
+    def _measure(self, elapsed: float) -> None:
+        self.measured = True
+        self.deployment.latency.observe(elapsed)
+        self.pooled.observe(elapsed)
+
+    def first_chunk(self) -> None:
+        """A stream's first chunk arrived: its time to first token is the latency."""
+        if not self.measured:
+            self._measure(time.monotonic() - self.started)
 
     def succeeded(self) -> None:
         if not self.done:
@@ -114,7 +136,8 @@ class _Attempt:
             elapsed = time.monotonic() - self.started
             self.deployment.in_flight -= 1
             self.deployment.breaker.record(success=True, duration=elapsed)
-            self.deployment.latency.observe(elapsed)
+            if not self.measured:
+                self._measure(elapsed)
             self.deployment.count("success")
 
     def failed(self, error: DtechoError) -> None:
@@ -142,6 +165,12 @@ class _Attempt:
             self.deployment.in_flight -= 1
             self.deployment.breaker.release()
             self.deployment.count("cancelled")
+            if not self.measured:
+                elapsed = time.monotonic() - self.started
+                for tracker in (self.deployment.latency, self.pooled):
+                    tail = tracker.p95()
+                    if tail is not None and elapsed > tail:
+                        tracker.observe(elapsed)
 
 
 def _named(body: bytes, model: str) -> bytes:
@@ -189,6 +218,12 @@ class RoutedModel:
             window_seconds=retries.budget_window_seconds,
         )
         self.hedge_budget = RatioBudget(spec.routing.hedging.budget_ratio, window_seconds=10.0)
+        # The adaptive hedge delay is the p95 of the model's requests, pooled over its
+        # deployments (streams by time to first chunk, the rest by total time): "slower than
+        # this model's requests usually are". A deployment's own p95 cannot serve: when its
+        # slow tail is about 5% of its calls, that p95 lands inside the tail itself and the
+        # hedge comes too late to help.
+        self.hedge_latency = {False: LatencyTracker(), True: LatencyTracker()}
         self.counts: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
 
@@ -254,8 +289,19 @@ class RoutedModel:
             "deployments": [d.snapshot() for d in self.deployments],
             "retry_budget": self.retry_budget.snapshot(),
             "hedge_budget": self.hedge_budget.snapshot(),
+            "hedge_delay_ms": self._hedge_delays_ms(),
             "counts": dict(self.counts),
         }
+
+    def _hedge_delays_ms(self) -> dict[str, float | None] | None:
+        hedging = self.routing.hedging
+        if not hedging.enabled:
+            return None
+        delays: dict[str, float | None] = {}
+        for stream, kind in ((False, "whole"), (True, "stream")):
+            delay = hedging.delay_seconds or self.hedge_latency[stream].p95()
+            delays[kind] = None if delay is None else max(delay, hedging.min_delay_seconds) * 1e3
+        return delays
 
     def _count(self, event: str) -> None:
         self.counts[event] = self.counts.get(event, 0) + 1
@@ -374,7 +420,7 @@ class RoutedModel:
         # request's bad luck, not the deployment's state.
         if not hedging.enabled:
             return await self._attempt(deployment, endpoint, body, stream)
-        delay = hedging.delay_seconds or deployment.latency.p95()
+        delay = hedging.delay_seconds or self.hedge_latency[stream].p95()
         if delay is None:  # nothing measured yet: no basis for a hedge
             return await self._attempt(deployment, endpoint, body, stream)
         first = asyncio.ensure_future(self._attempt(deployment, endpoint, body, stream))
@@ -414,7 +460,7 @@ class RoutedModel:
     ) -> RelayResponse:
         """One call; for streams, returns once the first chunk has arrived (before any byte
         reaches the client), so a failure up to then may still be retried or hedged."""
-        attempt = _Attempt(deployment)
+        attempt = _Attempt(deployment, self.hedge_latency[stream])
         try:
             answer = await deployment.engine.relay(endpoint, body, stream=stream)
             if answer.stream is None:
@@ -422,6 +468,7 @@ class RoutedModel:
                 answer.headers[DEPLOYMENT_HEADER] = deployment.name
                 return answer
             first = await _first_chunk(answer.stream)
+            attempt.first_chunk()
         except asyncio.CancelledError:
             attempt.abandoned()
             raise
