@@ -461,6 +461,22 @@ class ReloadSettings(BaseModel):
     probation_seconds: float = Field(5.0, ge=0, le=300)
 
 
+class StatusPageSettings(BaseModel):
+    """The live status page's in-process history (``/`` and ``/status``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    history_interval_seconds: float = Field(10.0, ge=0.1, le=600)  # one sample, one point
+    history_window_seconds: float = Field(3600.0, ge=1, le=86400)  # what the charts cover
+
+    @model_validator(mode="after")
+    def _interval_within_window(self) -> StatusPageSettings:
+        if self.history_interval_seconds > self.history_window_seconds:
+            raise ValueError("history_interval_seconds must not exceed history_window_seconds")
+        return self
+
+
 def _default_models() -> list[Any]:
     return [
         DtesnModelSpec(name="dtesn-echo", task="generate"),
@@ -500,6 +516,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
+    status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
 
     # Where these settings came from (set by load_settings), so that a live reload reads the
     # same sources again: the config file and the explicit overrides.
