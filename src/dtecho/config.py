@@ -9,7 +9,9 @@ Sources, lowest to highest precedence:
    (``DTECHO_CACHE__STRATEGY=aggressive``).
 
 No other module reads the environment: the app factory and the CLI call
-:func:`load_settings` and hand the result down.
+:func:`load_settings` and hand the result down. The one exception is OpenTelemetry's own
+standard ``OTEL_*`` variables, which the SDK reads itself; :mod:`dtecho.observability.tracing`
+lets a ``tracing`` setting given explicitly win over them (docs/tracing.md).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "RoutingSettings",
     "Secret",
     "Settings",
+    "TracingSettings",
     "load_settings",
     "redact_url",
     "reload_settings",
@@ -82,6 +85,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "DTECHO_BATCHING_MAX_WAIT_MS": ("batching", "max_wait_ms"),
     "DTECHO_BATCHING_QUEUE_SIZE": ("batching", "queue_size"),
     "DTECHO_BATCHING_PARALLEL": ("batching", "parallel"),
+    "DTECHO_TRACING_HOOKS": ("tracing", "hooks"),
 }
 
 
@@ -477,6 +481,50 @@ class StatusPageSettings(BaseModel):
         return self
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces (``dtecho.observability.tracing``; docs/tracing.md).
+
+    A field set here (in the config file or as ``DTECHO_TRACING__<FIELD>``) wins over the
+    matching standard ``OTEL_*`` variable; a field left unset falls back to that variable, then
+    to the default below. ``OTEL_SDK_DISABLED=true`` turns tracing off whatever is set here.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Off by default. Left unset, OTEL_TRACES_EXPORTER naming an exporter turns it on.
+    enabled: bool = False
+    # Unset: OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else otlp_http.
+    exporter: Literal["otlp_http", "otlp_grpc", "none"] = "otlp_http"
+    # The collector: http(s)://host:port (otlp_http appends /v1/traces to a URL without a
+    # path). Unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT.
+    endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)
+    # Sent with every export (say an API key of a hosted collector); values may be secret
+    # references. Unset: OTEL_EXPORTER_OTLP_TRACES_HEADERS / OTEL_EXPORTER_OTLP_HEADERS.
+    headers: dict[str, Secret] | None = None
+    # Unset: OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES), else "dtecho".
+    service_name: str = Field("dtecho", min_length=1, max_length=255)
+    # The share of new traces recorded; a request carrying a traceparent follows its parent's
+    # decision (parent-based). Unset: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    # Finished spans waiting for export; past this they are dropped (and counted).
+    max_queue_size: int = Field(2048, ge=1, le=1_000_000)
+    max_export_batch_size: int = Field(512, ge=1, le=100_000)
+    schedule_delay_seconds: float = Field(1.0, gt=0, le=60)  # longest wait before an export
+    # One export call, its retries included. Unset: OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT, else 10.
+    export_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # The most a shutdown waits for the last exports; what is left is dropped (and counted).
+    shutdown_timeout_seconds: float = Field(5.0, ge=0, le=300)
+    # Benchmark baseline only: false builds the app without the tracing call sites at all
+    # (DTECHO_TRACING_HOOKS=0), what benchmarks/tracing_overhead.py compares "off" against.
+    hooks: bool = True
+
+    @model_validator(mode="after")
+    def _batch_within_queue(self) -> TracingSettings:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("max_export_batch_size must not exceed max_queue_size")
+        return self
+
+
 def _default_models() -> list[Any]:
     return [
         DtesnModelSpec(name="dtesn-echo", task="generate"),
@@ -517,6 +565,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
     status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     # Where these settings came from (set by load_settings), so that a live reload reads the
     # same sources again: the config file and the explicit overrides.
@@ -682,7 +731,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         message = "unknown setting"
     value = error.get("input")
     shown = "" if error["type"] in {"extra_forbidden", "missing"} else f" (got {value!r})"
-    if any(part in field for part in ("redis_url", "database_url", "key", "secret")):
+    if any(part in field for part in ("redis_url", "database_url", "key", "secret", "headers")):
         shown = ""  # may hold a password or a secret
     if isinstance(value, dict | list):
         shown = ""  # a section or list (auth, models) may hold a nested secret's literal value
