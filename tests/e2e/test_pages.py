@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import msgpack
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from dtecho.dtesn import datasets
 from support import ServerProcess
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required (make test installs it as root)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
 
 
 def test_dashboard_lists_models_and_requests(server: ServerProcess, browser: Browser) -> None:
@@ -36,9 +22,9 @@ def test_dashboard_lists_models_and_requests(server: ServerProcess, browser: Bro
     page.goto(f"{server.base_url}/")
     assert page.title() == "Dashboard · dtecho"
     assert page.locator("h1").inner_text() == "Status: ok"
-    models = page.locator("table").first.inner_text()
+    models = page.locator("table#models").inner_text()
     assert "dtesn-echo" in models and "dtesn-embed" in models
-    requests = page.locator("table").last.inner_text()
+    requests = page.locator("table#requests").inner_text()
     assert "/health/live" in requests
     page.close()
 

@@ -328,12 +328,8 @@ def test_breakers_are_shared_by_replicas_through_redis(
 
 
 def test_the_upstreams_page_shows_breaker_states(
-    server_factory: Any, upstreams: dict[str, Any]
+    server_factory: Any, upstreams: dict[str, Any], browser: Any
 ) -> None:
-    from pathlib import Path
-
-    from playwright.sync_api import sync_playwright
-
     healthy = upstreams["start"]("up-ok")
     failing = upstreams["start"]("up-bad", error_share=1.0, error_status=503)
     spec = model(
@@ -346,18 +342,12 @@ def test_the_upstreams_page_shows_breaker_states(
     server = serve(server_factory, spec)
     for _ in range(12):
         assert chat(server, "pair").status_code == 200
-    assert Path("/usr/bin/chromium").exists(), "make test installs Debian's chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page()
-        page.goto(f"{server.base_url}/upstreams")
-        assert page.title() == "Upstreams · dtecho"
-        assert page.locator("h2").inner_text() == "pair"
-        assert page.locator("tr[data-deployment=up-bad] td.breaker").inner_text() == "open"
-        assert page.locator("tr[data-deployment=up-ok] td.breaker").inner_text() == "closed"
-        browser.close()
+    page = browser.new_page()
+    page.goto(f"{server.base_url}/upstreams")
+    assert page.title() == "Upstreams · dtecho"
+    assert page.locator("h2").inner_text() == "pair"
+    assert page.locator("tr[data-deployment=up-bad] td.breaker").inner_text() == "open"
+    assert page.locator("tr[data-deployment=up-ok] td.breaker").inner_text() == "closed"
+    page.close()
     listed = httpx.get(f"{server.base_url}/upstreams", headers={"accept": "application/json"})
     assert listed.json()["data"][0]["model"] == "pair"

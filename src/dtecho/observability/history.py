@@ -279,7 +279,8 @@ class MetricsHistory:
         return list(self._samples)
 
     def series(self) -> dict[str, Any]:
-        """Per interval between samples: its end time and the rates over it.
+        """Per interval between samples: its end time (``at``; the first starts at ``since``)
+        and the rates over it.
 
         ``request_rate`` and ``error_rate`` in requests/s, ``latency_ms`` p50/p95/p99 of the
         requests that finished in the interval (None where none did), ``cache_hit_ratio``
@@ -288,6 +289,7 @@ class MetricsHistory:
         samples = list(self._samples)
         out: dict[str, Any] = {
             "interval_seconds": self.interval,
+            "since": round(samples[0].at, 3) if samples else None,
             "at": [],
             "request_rate": [],
             "error_rate": [],

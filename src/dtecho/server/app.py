@@ -64,6 +64,23 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
     # owns every engine, whichever configuration version it belongs to.
     await state.live.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
+    await _start_history(state, stack)
+
+
+async def _start_history(state: ServerState, stack: AsyncExitStack) -> None:
+    """The status page's last hour, sampled from this app's own registry."""
+    page = state.settings.status_page
+    if not page.enabled:
+        return
+    from dtecho.observability.history import MetricsHistory
+
+    state.history = MetricsHistory(
+        state.metrics.registry,
+        interval=page.history_interval_seconds,
+        span=page.history_window_seconds,
+    )
+    await state.history.start()
+    stack.push_async_callback(state.history.stop)
 
 
 async def _share_breakers(state: ServerState, stack: AsyncExitStack) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from dtecho.dtesn import bseries
-from dtecho.server.svg import line_plot, tree_layout
+from dtecho.server.svg import line_plot, time_chart, tree_layout
 
 __all__ = ["PageRenderer"]
 
@@ -28,7 +28,9 @@ class PageRenderer:
         return self.env.get_template(template).render(**context)
 
     def dashboard(self, status: dict[str, Any]) -> str:
-        return self.render("dashboard.html", status=status)
+        live = status.get("live")
+        charts = _live_charts(live) if live else {}
+        return self.render("dashboard.html", status=status, charts=charts)
 
     def upstreams(self, models: list[dict[str, Any]]) -> str:
         return self.render("upstreams.html", models=models)
@@ -56,3 +58,21 @@ class PageRenderer:
             plot = line_plot({"target": preview["target"], "prediction": preview["prediction"]})
         length = len(preview["target"]) if preview else 0
         return self.render("dtesn_model.html", model=record, plot=plot, preview_length=length)
+
+
+def _live_charts(live: dict[str, Any]) -> dict[str, Any]:
+    """The status page's charts over the history's window (see ``MetricsHistory.series``)."""
+    series, at = live["series"], live["series"]["at"]
+    # A young process's charts span its life so far (at least a minute), not an empty hour.
+    since = series["since"] if series["since"] is not None else live["now"]
+    seconds = max(60.0, min(live["window_seconds"], live["now"] - since))
+    window = {"now": live["now"], "window_seconds": seconds}
+    ratio = [None if v is None else 100.0 * v for v in series["cache_hit_ratio"]]
+    return {
+        "requests": time_chart(
+            at, {"requests/s": series["request_rate"], "5xx/s": series["error_rate"]}, **window
+        ),
+        "latency": time_chart(at, series["latency_ms"], **window),
+        "cache": time_chart(at, {"hit %": ratio}, **window),
+        "tokens": time_chart(at, {"tokens/s": series["tokens_per_second"]}, **window),
+    }

@@ -50,6 +50,7 @@ class ServerState:
     keys: Any = None  # dtecho.security.keys.KeyService
     gateway: Any = None  # dtecho.server.security.Gateway
     live: Any = None  # dtecho.server.live.reloader.LiveConfig: the snapshot, reloads, history
+    history: Any = None  # dtecho.observability.history.MetricsHistory: the status page's hour
 
 
 def get_state(request: Request) -> ServerState:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LinePlot", "TreeLayout", "line_plot", "tree_layout"]
+__all__ = ["LinePlot", "TimeChart", "TreeLayout", "line_plot", "time_chart", "tree_layout"]
 
 
 @dataclass
@@ -75,3 +75,54 @@ def line_plot(series: dict[str, Sequence[float]], width: int = 640, height: int 
         )
         lines.append({"name": name, "points": coords})
     return LinePlot(width, height, lines, low, high)
+
+
+@dataclass
+class TimeChart:
+    """Time series over a fixed window as polylines (gaps where a value is missing), with a
+    y axis from 0 to ``high`` and the window's extent in seconds."""
+
+    width: int
+    height: int
+    series: list[dict[str, Any]]  # name, segments: polyline ``points`` strings
+    high: float
+    window_seconds: float
+    empty: bool
+
+
+def time_chart(
+    at: Sequence[float],
+    series: dict[str, Sequence[float | None]],
+    *,
+    now: float,
+    window_seconds: float = 3600.0,
+    width: int = 640,
+    height: int = 160,
+) -> TimeChart:
+    """Series sampled at the times ``at`` (seconds), placed on the window ending at ``now``.
+
+    The y axis starts at 0 (rates, latencies and ratios are never negative), so two charts
+    of the same quantity read alike; ``None`` values break the line instead of being drawn
+    as zero.
+    """
+    values = [v for points in series.values() for v in points if v is not None]
+    high = max(values, default=0.0) or 1.0
+    pad = 8
+    start = now - window_seconds
+    lines = []
+    for name, points in series.items():
+        segments: list[str] = []
+        current: list[str] = []
+        for t, v in zip(at, points, strict=True):
+            if v is None or t < start:
+                if current:
+                    segments.append(" ".join(current))
+                    current = []
+                continue
+            x = pad + (width - 2 * pad) * (t - start) / window_seconds
+            y = height - pad - (height - 2 * pad) * v / high
+            current.append(f"{x:.1f},{y:.1f}")
+        if current:
+            segments.append(" ".join(current))
+        lines.append({"name": name, "segments": segments})
+    return TimeChart(width, height, lines, high, window_seconds, empty=not values)

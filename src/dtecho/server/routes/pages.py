@@ -44,6 +44,33 @@ def status(state: ServerState) -> dict[str, Any]:
             for r in state.dtesn_models.list()
         ],
         "requests": dict(sorted(requests.items())),
+        "live": live_status(state.history),
+    }
+
+
+def live_status(history: Any) -> dict[str, Any] | None:
+    """The last hour from the in-process history: per-interval series, SLO state, and the
+    latest interval's values; None when the history is not running."""
+    if history is None or not history.samples():
+        return None
+    series = history.series()
+
+    def latest(values: list[Any]) -> Any:
+        return values[-1] if values else None
+
+    return {
+        "now": history.samples()[-1].at,
+        "window_seconds": history.span,
+        "interval_seconds": history.interval,
+        "latest": {
+            "request_rate": latest(series["request_rate"]),
+            "error_rate": latest(series["error_rate"]),
+            "latency_ms": {q: latest(v) for q, v in series["latency_ms"].items()},
+            "cache_hit_ratio": latest(series["cache_hit_ratio"]),
+            "tokens_per_second": latest(series["tokens_per_second"]),
+        },
+        "slo": history.slo_state(),
+        "series": series,
     }
 
 
