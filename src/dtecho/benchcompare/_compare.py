@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from scipy import stats
-
 from dtecho.benchcompare._flatten import Metric, flatten_results, plan_of
 from dtecho.benchcompare._rules import Direction, Rules
 
@@ -262,6 +260,10 @@ def _relative_change(old: float, new: float) -> float | None:
 
 
 def _evidence(old: Metric, new: Metric, rules: Rules) -> Evidence:
+    # Imported here: the dtecho parser imports this package for every command, and SciPy's
+    # statistics module alone takes about half a second to load.
+    from scipy import stats
+
     a, b = old.samples, new.samples
     n_old, n_new = len(a), len(b)
     if old.flag or n_old < 2 or n_new < 2:
