@@ -362,3 +362,15 @@ def test_flattening_leaves_the_document_as_it_was() -> None:
     before = copy.deepcopy(doc)
     flatten_results(doc)
     assert doc == before
+
+
+def test_the_package_imports_nothing_from_the_web_stack() -> None:
+    code = (
+        "import sys, dtecho.benchcompare, dtecho.benchcompare.cli\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn')"
+        " or m.startswith('dtecho.server')]\n"
+        "print(bad)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
