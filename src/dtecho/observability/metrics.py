@@ -13,13 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
-__all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics"]
+from dtecho.observability.buckets import LATENCY_BUCKETS
 
-# Finer buckets below 10 ms: cache hits and proxy overhead live there.
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "HttpMetrics"]
 
 
 class HttpMetrics:
