@@ -1,4 +1,8 @@
-"""Structured JSON logs: one JSON object per line on stderr, for our loggers and uvicorn's."""
+"""Structured JSON logs: one JSON object per line on stderr, for our loggers and uvicorn's.
+
+A line written while a traced request's span is current carries its ``trace_id`` and
+``span_id`` (hex), so logs and traces join on them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import sys
 
 import structlog
 
+from dtecho.observability.tracing import add_trace_ids
+
 __all__ = ["configure_logging", "get_logger"]
 
 _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
+    add_trace_ids,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
