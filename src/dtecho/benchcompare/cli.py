@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -107,10 +108,16 @@ def run_bench(args: argparse.Namespace) -> int:
     if not result.metrics:
         print("dtecho: no metric is present in both files (check --metric)", file=sys.stderr)
         return 2
-    if args.format == "json":
-        print(json.dumps(_as_json(result, args, old, new), indent=2))
-    else:
-        _print_table(result, args, old, new)
+    try:
+        if args.format == "json":
+            print(json.dumps(_as_json(result, args, old, new), indent=2))
+        else:
+            _print_table(result, args, old, new)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (``| head``) left early: not an error of ours. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if result.regressions else 0
 
 
