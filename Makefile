@@ -37,6 +37,7 @@ test: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	scripts/ensure-chromium
+	scripts/ensure-prometheus
 	PY=$(PY) scripts/with-redis scripts/with-postgres $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)

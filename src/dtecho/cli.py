@@ -38,12 +38,14 @@ def _build_parser() -> argparse.ArgumentParser:
     add_train_lm_arguments(train_lm)
 
     from dtecho.benchcompare.cli import add_bench_parser
+    from dtecho.observability.cli import add_slo_parser
     from dtecho.security.cli import add_keys_parser
     from dtecho.store.cli import add_db_parser
 
     add_db_parser(commands)
     add_keys_parser(commands)
     add_bench_parser(commands)
+    add_slo_parser(commands)
 
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
@@ -116,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dtecho.benchcompare.cli import run_bench
 
             return run_bench(args)
+        if args.command == "slo":
+            from dtecho.observability.cli import run_slo
+
+            return run_slo(args, _settings_from(args))
         if args.command == "train-lm":
             from dtecho.training import run_train_lm
 

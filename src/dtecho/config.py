@@ -52,6 +52,7 @@ __all__ = [
     "JwtIssuerSettings",
     "LimitProfile",
     "LimitsSettings",
+    "MetricsSettings",
     "ModelSpec",
     "OpenAIModelSpec",
     "ReloadSettings",
@@ -59,6 +60,8 @@ __all__ = [
     "RoutingSettings",
     "Secret",
     "Settings",
+    "SloObjective",
+    "SloSettings",
     "TracingSettings",
     "load_settings",
     "redact_url",
@@ -525,6 +528,113 @@ class TracingSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """Label bounds and runtime probes of the Prometheus metrics (docs/observability.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # dtecho_model_requests_total{principal}: the first N distinct principals seen keep their
+    # own label, later ones read "other" (anonymous requests: "anonymous") ...
+    max_principal_labels: int = Field(50, ge=0, le=10_000)
+    # ... unless this list is given: then exactly these principals keep their own label.
+    principal_labels: list[str] | None = Field(None, max_length=10_000)
+    # dtecho_event_loop_lag_seconds: how often the lag probe sleeps and measures its oversleep.
+    event_loop_lag_interval_seconds: float = Field(0.25, gt=0, le=60)
+
+
+_DURATION_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class SloObjective(BaseModel):
+    """One service level objective; ``dtecho slo rules`` turns it into Prometheus rules.
+
+    ``availability``: good events are answers that are not 5xx. ``latency``: good events are
+    answers within ``threshold_seconds``, which must be a bucket bound of the histogram read:
+    ``dtecho_http_request_duration_seconds`` for a route (or every API route),
+    ``dtecho_e2e_request_latency_seconds`` for a model. ``route`` (a route template such as
+    ``/v1/chat/completions``) or ``model`` (a served model) selects the requests; neither
+    means every API route (``/v1/…``). ``window`` is the SLO period the error budget covers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    kind: Literal["availability", "latency"]
+    # No quotes or backslashes: the value goes into PromQL label matchers as is.
+    route: str | None = Field(None, pattern=r'^/[^"\\\s]{0,255}$')
+    model: str | None = Field(None, pattern=_MODEL_NAME)
+    objective: float = Field(gt=0, lt=1)  # the share of good events, e.g. 0.999
+    threshold_seconds: float | None = Field(None, gt=0)
+    window: str = Field("30d", pattern=r"^[1-9][0-9]{0,3}[hdw]$")  # Prometheus duration
+
+    @property
+    def window_seconds(self) -> int:
+        return int(self.window[:-1]) * _DURATION_UNITS[self.window[-1]]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SloObjective:
+        from dtecho.observability.buckets import E2E_LATENCY_BUCKETS, LATENCY_BUCKETS
+
+        if self.route is not None and self.model is not None:
+            raise ValueError(
+                "give route or model, not both: the per-model series carry no route label"
+            )
+        if self.kind == "availability" and self.threshold_seconds is not None:
+            raise ValueError("threshold_seconds is for latency objectives only")
+        if self.kind == "latency":
+            if self.model is not None:
+                bounds, histogram = E2E_LATENCY_BUCKETS, "dtecho_e2e_request_latency_seconds"
+            else:
+                bounds, histogram = LATENCY_BUCKETS, "dtecho_http_request_duration_seconds"
+            if self.threshold_seconds is None:
+                raise ValueError("a latency objective needs threshold_seconds")
+            if self.threshold_seconds not in bounds:
+                raise ValueError(
+                    f"threshold_seconds {self.threshold_seconds:g} is not a bucket bound of "
+                    f"{histogram}; use one of {', '.join(f'{b:g}' for b in bounds)}"
+                )
+        if self.window_seconds < 3 * 86400:
+            raise ValueError("window must be at least 3d, the longest burn-rate alert window")
+        return self
+
+
+def _default_objectives() -> list[SloObjective]:
+    return [
+        SloObjective(
+            name="chat-completions-availability",
+            kind="availability",
+            route="/v1/chat/completions",
+            objective=0.999,
+        ),
+        SloObjective(
+            name="chat-completions-latency",
+            kind="latency",
+            route="/v1/chat/completions",
+            objective=0.99,
+            threshold_seconds=2.5,
+        ),
+        SloObjective(name="api-availability", kind="availability", objective=0.995),
+    ]
+
+
+class SloSettings(BaseModel):
+    """Service level objectives (docs/observability.md): the status page reports them and
+    ``dtecho slo rules`` writes their Prometheus recording and burn-rate alert rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objectives: list[SloObjective] = Field(default_factory=_default_objectives)
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_names(cls, objectives: list[SloObjective]) -> list[SloObjective]:
+        names = [o.name for o in objectives]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"objective names must be unique; repeated: {', '.join(repeated)}")
+        return objectives
+
+
 def _default_models() -> list[Any]:
     return [
         DtesnModelSpec(name="dtesn-echo", task="generate"),
@@ -566,6 +676,8 @@ class Settings(BaseSettings):
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
     status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    slo: SloSettings = Field(default_factory=SloSettings)
 
     # Where these settings came from (set by load_settings), so that a live reload reads the
     # same sources again: the config file and the explicit overrides.
@@ -580,6 +692,17 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _objectives_name_served_models(self) -> Settings:
+        served = {model.name for model in self.models}
+        for objective in self.slo.objectives:
+            if objective.model is not None and objective.model not in served:
+                raise ValueError(
+                    f"slo objective {objective.name!r} names model {objective.model!r}, "
+                    "which is not served"
+                )
+        return self
 
     @field_validator("redis_url")
     @classmethod
