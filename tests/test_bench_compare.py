@@ -184,7 +184,12 @@ def test_two_real_runs_of_resilience_flag_litellm_failures() -> None:
     report = as_json(result)
     rows = {m["metric"]: m for m in report["metrics"]}
     failed = rows["results.litellm @ 100/s.failed"]
-    assert (failed["old"], failed["new"], failed["verdict"]) == (2, 213, "regression")
+    recorded = [
+        load(name)["results"]["litellm @ 100/s"]["failed"]
+        for name in ("resilience_run1.json", "resilience.json")
+    ]
+    assert recorded[1] > 1.05 * recorded[0]  # what the committed files hold: more failures
+    assert (failed["old"], failed["new"], failed["verdict"]) == (*recorded, "regression")
     # one run per configuration: nothing to judge noise by, so the threshold decides
     assert failed["evidence"]["method"] == "threshold only"
     assert rows["results.dtecho @ 100/s.failed"]["verdict"] == "unchanged"
