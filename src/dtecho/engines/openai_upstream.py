@@ -23,6 +23,8 @@ import aiohttp
 from dtecho.config import DeploymentSpec, OpenAIModelSpec
 from dtecho.engines.base import RelayResponse
 from dtecho.errors import EngineUnavailable, UpstreamError
+from dtecho.observability import tracing
+from dtecho.observability.propagation import inject
 
 __all__ = ["OpenAIUpstreamEngine"]
 
@@ -154,9 +156,10 @@ class OpenAIUpstreamEngine:
         # on every request): the first byte's, then the whole answer's, or none.
         try:
             async with asyncio.timeout(self.spec.first_byte_timeout_seconds) as deadline:
-                response = await self._request(
-                    "POST", endpoint, data=payload, headers={"content-type": "application/json"}
-                )
+                headers = {"content-type": "application/json"}
+                if tracing.active() is not None:  # the trace goes on upstream (vLLM, Aphrodite)
+                    inject(headers)
+                response = await self._request("POST", endpoint, data=payload, headers=headers)
                 content_type = response.headers.get("content-type", "application/json")
                 if response.status >= 400:
                     deadline.reschedule(None)

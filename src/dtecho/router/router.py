@@ -39,6 +39,13 @@ from dtecho.router.budget import RatioBudget
 from dtecho.router.classify import FailureClass, classify, is_retryable
 from dtecho.router.latency import LatencyTracker
 from dtecho.router.strategies import Candidate, order
+from dtecho.router.tracing import (
+    attempt_span,
+    end_attempt_span,
+    event,
+    record_answer,
+    span_current,
+)
 
 __all__ = ["Deployment", "RoutedModel"]
 
@@ -110,11 +117,12 @@ class _Attempt:
     already past the tracker's p95, where only its rank, not its exact value, matters.
     """
 
-    __slots__ = ("deployment", "done", "measured", "pooled", "started")
+    __slots__ = ("deployment", "done", "measured", "pooled", "span", "started")
 
-    def __init__(self, deployment: Deployment, pooled: LatencyTracker) -> None:
+    def __init__(self, deployment: Deployment, pooled: LatencyTracker, span: Any) -> None:
         self.deployment = deployment
         self.pooled = pooled
+        self.span = span  # the attempt's CLIENT span (a non-recording one when untraced)
         self.started = time.monotonic()
         self.done = False
         self.measured = False
@@ -139,6 +147,7 @@ class _Attempt:
             if not self.measured:
                 self._measure(elapsed)
             self.deployment.count("success")
+            end_attempt_span(self.span)
 
     def failed(self, error: DtechoError) -> None:
         if not self.done:
@@ -158,6 +167,7 @@ class _Attempt:
                 success=healthy, duration=time.monotonic() - self.started
             )
             self.deployment.count("failure" if not healthy else "client_error")
+            end_attempt_span(self.span, error)
 
     def abandoned(self) -> None:
         if not self.done:
@@ -165,6 +175,7 @@ class _Attempt:
             self.deployment.in_flight -= 1
             self.deployment.breaker.release()
             self.deployment.count("cancelled")
+            end_attempt_span(self.span, asyncio.CancelledError())
             if not self.measured:
                 elapsed = time.monotonic() - self.started
                 for tracker in (self.deployment.latency, self.pooled):
@@ -347,6 +358,7 @@ class RoutedModel:
         ranked = self._ordered()
         if not ranked:
             self._count("no_deployment")
+            event("all_open")
             raise self._all_open()
         last: DtechoError | None = None
         position = 0
@@ -355,6 +367,7 @@ class RoutedModel:
             if attempt > 1:
                 if not self.retry_budget.try_spend():
                     self._count("retry_budget_exhausted")
+                    event("retry_budget_exhausted", attempt=attempt, error=last)
                     break
                 self._count("retry")
                 # Another deployment than those that failed this request, while there is one.
@@ -364,6 +377,7 @@ class RoutedModel:
                 # hand, only the (short) backoff is waited.
                 headers = last.headers if last is not None and not fresh else None
                 delay = next_delay(attempt - 1, retries, headers, rng=self._rng)
+                event("retry", attempt=attempt, error=last, delay=delay)
                 if delay:
                     await asyncio.sleep(delay)
                 ranked, position = (fresh, 0) if fresh else (ranked, position)
@@ -375,7 +389,7 @@ class RoutedModel:
                 break
             try:
                 return await self._attempt_hedged(
-                    deployment, ranked, position, endpoint, body, stream
+                    deployment, ranked, position, endpoint, body, stream, attempt
                 )
             except DtechoError as error:
                 last = error
@@ -412,6 +426,7 @@ class RoutedModel:
         endpoint: str,
         body: dict[str, Any],
         stream: bool,
+        number: int = 1,
     ) -> RelayResponse:
         hedging = self.routing.hedging
         # Without a hedge the attempt runs in this task: a task of its own would cost its
@@ -419,11 +434,11 @@ class RoutedModel:
         # A lone usable deployment is hedged against itself: its slow tail is usually one
         # request's bad luck, not the deployment's state.
         if not hedging.enabled:
-            return await self._attempt(deployment, endpoint, body, stream)
+            return await self._attempt(deployment, endpoint, body, stream, number)
         delay = hedging.delay_seconds or self.hedge_latency[stream].p95()
         if delay is None:  # nothing measured yet: no basis for a hedge
-            return await self._attempt(deployment, endpoint, body, stream)
-        first = asyncio.ensure_future(self._attempt(deployment, endpoint, body, stream))
+            return await self._attempt(deployment, endpoint, body, stream, number)
+        first = asyncio.ensure_future(self._attempt(deployment, endpoint, body, stream, number))
         done, _ = await asyncio.wait({first}, timeout=max(delay, hedging.min_delay_seconds))
         if done:
             return first.result()
@@ -434,9 +449,13 @@ class RoutedModel:
             if second_deployment is not None:
                 second_deployment.breaker.release()
             self._count("hedge_refused")
+            event("hedge_refused", delay=delay)
             return await first
         self._count("hedge")
-        second = asyncio.ensure_future(self._attempt(second_deployment, endpoint, body, stream))
+        event("hedge", deployment=second_deployment.name, delay=delay)
+        second = asyncio.ensure_future(
+            self._attempt(second_deployment, endpoint, body, stream, number, hedge=True)
+        )
         pending = {first, second}
         error: BaseException | None = None
         try:
@@ -456,14 +475,24 @@ class RoutedModel:
                 self._count("hedge_cancelled")
 
     async def _attempt(
-        self, deployment: Deployment, endpoint: str, body: dict[str, Any], stream: bool
+        self,
+        deployment: Deployment,
+        endpoint: str,
+        body: dict[str, Any],
+        stream: bool,
+        number: int = 1,
+        *,
+        hedge: bool = False,
     ) -> RelayResponse:
         """One call; for streams, returns once the first chunk has arrived (before any byte
         reaches the client), so a failure up to then may still be retried or hedged."""
-        attempt = _Attempt(deployment, self.hedge_latency[stream])
+        span = attempt_span(deployment, endpoint, body, stream, number, hedge)
+        attempt = _Attempt(deployment, self.hedge_latency[stream], span)
         try:
-            answer = await deployment.engine.relay(endpoint, body, stream=stream)
+            with span_current(span):  # the upstream call carries this span's traceparent
+                answer = await deployment.engine.relay(endpoint, body, stream=stream)
             if answer.stream is None:
+                record_answer(span, answer.body)
                 attempt.succeeded()
                 answer.headers[DEPLOYMENT_HEADER] = deployment.name
                 return answer
@@ -516,6 +545,7 @@ class RoutedModel:
             if engine is None or engine is self:
                 continue
             self._count(f"fallback:{failure}")
+            event("fallback", model=model, failure=failure)
             try:
                 if isinstance(engine, RoutedModel):
                     # Its deployments only, not its own fallbacks: chains never loop.
