@@ -280,9 +280,7 @@ _SCENARIOS = (
         ((360, 0.0), (720, 8.0)),
         (390, 420, 690, 1000),
     ),
-    _Scenario(
-        "slow burn (2x): ticket over 3d/6h, never a page", ((1440, 2.0),), (30, 720, 1440)
-    ),
+    _Scenario("slow burn (2x): ticket over 3d/6h, never a page", ((1440, 2.0),), (30, 720, 1440)),
 )
 
 
