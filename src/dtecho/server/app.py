@@ -14,7 +14,9 @@ from dtecho import __version__
 from dtecho.cache import ResponseCache
 from dtecho.config import Settings, load_settings, redact_url
 from dtecho.engines.registry import ModelRegistry
+from dtecho.observability.llm import LlmMetrics
 from dtecho.observability.metrics import BatchMetrics, HttpMetrics
+from dtecho.observability.runtime import EventLoopLagMonitor, register_runtime_collectors
 from dtecho.server.caching import RouteCache
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
@@ -65,6 +67,12 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
     await state.live.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
     await _start_history(state, stack)
+
+
+async def _start_loop_lag(monitor: EventLoopLagMonitor, stack: AsyncExitStack) -> None:
+    """Event-loop lag is measured from the first to the last moment the app serves."""
+    await monitor.start()
+    stack.push_async_callback(monitor.stop)
 
 
 async def _start_history(state: ServerState, stack: AsyncExitStack) -> None:
@@ -194,6 +202,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         cache=RouteCache(_response_cache(settings), settings),
     )
+    register_runtime_collectors(metrics.registry)
+    loop_lag = EventLoopLagMonitor(
+        metrics.registry, interval=settings.metrics.event_loop_lag_interval_seconds
+    )
+    state.llm_metrics = LlmMetrics(
+        metrics.registry,
+        [model.name for model in settings.models],
+        principals=settings.metrics.principal_labels,
+        max_principals=settings.metrics.max_principal_labels,
+    )
     embedding_batches = BatchMetrics(metrics.registry, "embedding")
     for engine in state.models.engines().values():
         if hasattr(engine, "observe_batches"):  # engines that batch embedding requests
@@ -246,6 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            await _start_loop_lag(loop_lag, stack)
             await _start_resources(state, stack)
             _log.info("started", version=__version__)
             yield
@@ -256,6 +275,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Reservoir computing and LLMs behind one OpenAI-compatible API.",
         lifespan=lifespan,
+        # dtecho keeps its own metrics, access log and traces (dtecho.observability); FastAPI's
+        # native OpenTelemetry instrumentation would duplicate them, and merely asking whether
+        # it is on reads three environment variables and three providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.dtecho = state
     install_error_handlers(app)
