@@ -80,6 +80,8 @@ def test_status_page_shows_the_live_hour_and_refreshes_itself(
         shot = tmp_path / "status.png"
         settled(page, lambda: page.screenshot(path=str(shot), full_page=True))
         assert shot.stat().st_size > 10_000
+        slo_table = settled(page, lambda: page.locator("#slo").inner_text())
+        assert "chat-completions-availability" in slo_table
         page.close()
     finally:
         stop.set()
@@ -97,3 +99,10 @@ def test_status_page_shows_the_live_hour_and_refreshes_itself(
     assert live["live"]["latest"]["request_rate"] == 0.0
     hits = [h for h in series["cache_hit_ratio"] if h is not None]
     assert hits and max(hits) > 0
+    # The default objectives. No answer was a 5xx (the 400s are the client's fault), so the
+    # availability SLIs are exactly 1 and no error budget is spent.
+    slo = {s["name"]: s for s in live["live"]["slo"]}
+    chat = slo["chat-completions-availability"]
+    assert chat["events"] == pytest.approx(2 * sent[0] / 3)  # the chat and the invalid chat
+    assert chat["sli"] == 1.0 and chat["error_budget_left"] == 1.0
+    assert slo["api-availability"]["events"] == pytest.approx(sent[0])

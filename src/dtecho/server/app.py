@@ -84,6 +84,7 @@ async def _start_history(state: ServerState, stack: AsyncExitStack) -> None:
 
     state.history = MetricsHistory(
         state.metrics.registry,
+        state.settings.slo.objectives,
         interval=page.history_interval_seconds,
         span=page.history_window_seconds,
     )
