@@ -386,6 +386,9 @@ class LiveConfig:
         if gateway is not None:
             state.gateway = gateway
         # -- after it --
+        llm_metrics = getattr(state, "llm_metrics", None)
+        if llm_metrics is not None:  # newly served models get their own label
+            llm_metrics.allow_models(snapshot.models.engines())
         if self.shared_breakers is not None:  # attach replaces the breaker a name had
             for name, model in snapshot.models.routed().items():
                 for deployment in model.deployments:

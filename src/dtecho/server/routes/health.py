@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from dtecho.observability.metrics import CONTENT_TYPE_LATEST
+from dtecho.observability.exposition import render_metrics
 from dtecho.server.errors import error_body
 from dtecho.server.state import ReadinessCheck, get_state
 
@@ -60,5 +60,10 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of this process's metrics."""
-    return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """This process's metrics: Prometheus text, or OpenMetrics (with exemplars carrying trace
+    ids) when ``Accept`` prefers ``application/openmetrics-text``, as Prometheus's scraper does
+    with exemplar storage on."""
+    body, content_type = render_metrics(
+        get_state(request).metrics.registry, request.headers.get("accept")
+    )
+    return Response(body, media_type=content_type)
