@@ -17,6 +17,7 @@ from dtecho.engines.registry import ModelRegistry
 from dtecho.observability.llm import LlmMetrics
 from dtecho.observability.metrics import BatchMetrics, HttpMetrics
 from dtecho.observability.runtime import EventLoopLagMonitor, register_runtime_collectors
+from dtecho.observability.tracing import Tracing
 from dtecho.server.caching import RouteCache
 from dtecho.server.errors import install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
@@ -67,6 +68,31 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
     await state.live.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
     await _start_history(state, stack)
+
+
+def _watch_tracing(state: ServerState) -> None:
+    """Where sampled spans went: exported, or dropped and why (a dead collector is counted,
+    never felt by requests)."""
+    tracing = state.tracing
+
+    def outcomes() -> dict[tuple[str, ...], int]:
+        stats = tracing.stats() if tracing is not None else None
+        if stats is None:
+            return {}
+        return {
+            ("exported",): stats.exported,
+            ("dropped_queue_full",): stats.dropped_queue_full,
+            ("export_failed",): stats.export_failed,
+            ("dropped_at_shutdown",): stats.dropped_at_shutdown,
+        }
+
+    state.metrics.watch_counters(
+        "dtecho_trace_spans",
+        "Sampled spans by outcome: exported, dropped_queue_full, export_failed, "
+        "dropped_at_shutdown.",
+        ("outcome",),
+        outcomes,
+    )
 
 
 async def _start_loop_lag(monitor: EventLoopLagMonitor, stack: AsyncExitStack) -> None:
@@ -204,6 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache=RouteCache(_response_cache(settings), settings),
     )
     register_runtime_collectors(metrics.registry)
+    state.tracing = Tracing.from_settings(settings.tracing)
+    _watch_tracing(state)
     loop_lag = EventLoopLagMonitor(
         metrics.registry, interval=settings.metrics.event_loop_lag_interval_seconds
     )
@@ -265,6 +293,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if state.tracing is not None:  # the last to stop: spans of the shutdown get out
+                stack.callback(state.tracing.shutdown)
             await _start_loop_lag(loop_lag, stack)
             await _start_resources(state, stack)
             _log.info("started", version=__version__)
@@ -295,6 +325,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=_LiveAliases(state))
     app.add_middleware(SecurityMiddleware, state=state)
     app.add_middleware(
-        ServingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_request_bytes
+        ServingMiddleware,
+        metrics=state.metrics,
+        max_body_bytes=settings.max_request_bytes,
+        llm_metrics=state.llm_metrics,
+        tracing=state.tracing if settings.tracing.hooks else None,
     )
     return app

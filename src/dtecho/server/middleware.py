@@ -43,6 +43,14 @@ _log = structlog.get_logger("dtecho.access")
 _errors = structlog.get_logger("dtecho.server")
 
 
+def _genai_attributes(request_span: Any, model: str, usage: tuple[int, int] | None) -> None:
+    """The model a request asked for and the tokens it used, on its server span."""
+    request_span.set_attribute("gen_ai.request.model", model)
+    if usage is not None:
+        request_span.set_attribute("gen_ai.usage.input_tokens", usage[0])
+        request_span.set_attribute("gen_ai.usage.output_tokens", usage[1])
+
+
 def _new_request_id() -> str:
     """A random UUID4 as 32 hex digits, as ``uuid.uuid4().hex`` (without its ~2 µs object)."""
     raw = bytearray(os.urandom(16))
@@ -96,13 +104,30 @@ def _tuning_gc(send: Send) -> Send:
 
 
 class ServingMiddleware:
-    """Request id, body limit, security headers, ``Server-Timing``, 500 fallback, metrics and
-    access log."""
+    """Request id, body limit, security headers, ``Server-Timing``, 500 fallback, metrics,
+    the request's trace span and access log.
 
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, max_body_bytes: int) -> None:
+    ``llm_metrics`` (:class:`~dtecho.observability.llm.LlmMetrics`) is fed once per model
+    request: one whose ``scope["state"]`` names a ``model`` when it is done (the security
+    layer sets it, and ``usage`` — prompt and completion tokens — once the answer is sent).
+    ``tracing`` (:class:`~dtecho.observability.tracing.Tracing`, None when off) opens the
+    SERVER span every layer below adds to; the access-log line is written inside it.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: HttpMetrics,
+        max_body_bytes: int,
+        llm_metrics: Any = None,
+        tracing: Any = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.llm_metrics = llm_metrics
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,13 +142,21 @@ class ServingMiddleware:
             request_id = incoming.decode("ascii")
         else:
             request_id = _new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope_state = scope.setdefault("state", {})
+        scope_state["request_id"] = request_id
         status = 500
         response_started = False
+        first_body_at: float | None = None  # for a stream, its time to first chunk
+        streamed = False
+        request_span = self.tracing.start_request(scope) if self.tracing is not None else None
+        failure: BaseException | None = None
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
+            nonlocal status, response_started, first_body_at, streamed
+            if first_body_at is None and message["type"] == "http.response.body":
+                first_body_at = time.perf_counter()
+                streamed = message.get("more_body", False)
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
                 # Server-Timing (W3C): time in the app until the response starts, so a client
@@ -171,7 +204,8 @@ class ServingMiddleware:
                 )
             else:
                 await self.app(scope, app_receive, send_with_headers)
-        except Exception:
+        except Exception as exc:
+            failure = exc
             _errors.exception(
                 "unhandled_exception",
                 request_id=request_id,
@@ -187,6 +221,14 @@ class ServingMiddleware:
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             duration = time.perf_counter() - started_at
             self.metrics.observe(template, scope["method"], status, duration)
+            model = scope_state.get("model")
+            if model is not None and self.llm_metrics is not None:
+                ttft = first_body_at - started_at if streamed and first_body_at else None
+                self._observe_model(model, scope_state, status, duration, ttft, request_span)
+            if request_span is not None:
+                request_span.set_route(template)
+                if model is not None:
+                    _genai_attributes(request_span, model, scope_state.get("usage"))
             _log.info(
                 "request",
                 request_id=request_id,
@@ -196,6 +238,31 @@ class ServingMiddleware:
                 status=status,
                 duration_ms=round(duration * 1000, 3),
             )
+            if request_span is not None:
+                request_span.end(status, error=failure)
+
+    def _observe_model(
+        self,
+        model: str,
+        scope_state: dict[str, Any],
+        status: int,
+        duration: float,
+        ttft: float | None,
+        request_span: Any,
+    ) -> None:
+        principal = scope_state.get("principal")
+        usage = scope_state.get("usage") or (None, None)
+        sampled = request_span is not None and request_span.span.is_recording()
+        self.llm_metrics.observe(
+            model,
+            getattr(principal, "id", None),
+            status,
+            duration,
+            ttft_seconds=ttft,
+            prompt_tokens=usage[0],
+            completion_tokens=usage[1],
+            trace_id=request_span.trace_id if sampled else None,  # an exemplar to a kept trace
+        )
 
     @staticmethod
     async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:

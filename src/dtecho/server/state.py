@@ -51,6 +51,7 @@ class ServerState:
     gateway: Any = None  # dtecho.server.security.Gateway
     live: Any = None  # dtecho.server.live.reloader.LiveConfig: the snapshot, reloads, history
     history: Any = None  # dtecho.observability.history.MetricsHistory: the status page's hour
+    tracing: Any = None  # dtecho.observability.tracing.Tracing, or None when tracing is off
     # dtecho.observability.llm.LlmMetrics: per model request (TTFT, TPOT, e2e, tokens, status,
     # principal); the request path calls llm_metrics.observe(...) once per finished request.
     llm_metrics: Any = None
