@@ -8,6 +8,7 @@ worker process reports its own series; scrape each worker or run one worker per 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -41,11 +42,22 @@ class HttpMetrics:
             "Requests being handled right now.",
             registry=self.registry,
         )
+        # The labelled children by (route, method, status): ``labels()`` validates, locks and
+        # looks the child up on every call, several microseconds per request; the children
+        # live as long as their metric (nothing here removes one), so they can be kept.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record one finished request."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_counters(
         self,

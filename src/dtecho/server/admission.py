@@ -13,7 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MODEL_PATHS", "RequestFacts", "UsageScanner", "read_request", "strip_usage_events"]
+__all__ = [
+    "MODEL_PATHS",
+    "PARSED_BODY",
+    "RequestFacts",
+    "UsageScanner",
+    "read_request",
+    "strip_usage_events",
+]
 
 MODEL_PATHS = frozenset(
     {
@@ -23,6 +30,8 @@ MODEL_PATHS = frozenset(
         "/v1/dtesn/chat/completions",
     }
 )
+PARSED_BODY = "parsed_body"
+"""The ``scope["state"]`` key of ``(body, json.loads(body))`` for the body handed on."""
 _BYTES_PER_TOKEN = 4  # a deliberately rough prompt estimate; settlement uses the real count
 # Possessive quantifiers: the object's grammar is deterministic (no backtracking can ever
 # succeed), and without them each character of the object costs a backtracking frame.
@@ -40,6 +49,7 @@ class RequestFacts:
     reserve_tokens: int  # prompt estimate + the completion tokens the request may produce
     body: bytes  # the body to hand on (rewritten when usage was asked for on the client's behalf)
     strip_usage: bool  # the client did not ask for a usage chunk: remove the one we asked for
+    parsed: Any = None  # ``json.loads(body)`` when it is a JSON object, for the route to reuse
 
 
 def read_request(path: str, body: bytes, *, default_max_tokens: int) -> RequestFacts:
@@ -53,7 +63,7 @@ def read_request(path: str, body: bytes, *, default_max_tokens: int) -> RequestF
     model = data.get("model") if isinstance(data.get("model"), str) else None
     prompt = len(body) // _BYTES_PER_TOKEN + 1
     if path == "/v1/embeddings":
-        return RequestFacts(model, prompt, body, False)
+        return RequestFacts(model, prompt, body, False, data)
     completion = data.get("max_completion_tokens") or data.get("max_tokens")
     if not isinstance(completion, int) or completion < 1:
         completion = default_max_tokens
@@ -67,8 +77,8 @@ def read_request(path: str, body: bytes, *, default_max_tokens: int) -> RequestF
         # count, and take the extra chunk out again before the client sees it.
         data["stream_options"] = {**(options if isinstance(options, dict) else {})}
         data["stream_options"]["include_usage"] = True
-        return RequestFacts(model, reserve, json.dumps(data).encode(), True)
-    return RequestFacts(model, reserve, body, False)
+        return RequestFacts(model, reserve, json.dumps(data).encode(), True, data)
+    return RequestFacts(model, reserve, body, False, data)
 
 
 class UsageScanner:

@@ -114,8 +114,13 @@ class RouteCache:
     def wanted(request: Request, enable_caching: bool | None, default: bool) -> bool:
         """Whether this request uses the cache: ``Cache-Control: no-store`` or
         ``enable_caching: false`` opt out, ``enable_caching: true`` opts in."""
-        if "no-store" in request.headers.get("cache-control", "").lower():
-            return False
+        # The raw headers, not ``request.headers``: building that mapping costs more than the
+        # scan, on every request of every cached route.
+        for name, value in request.scope["headers"]:
+            if name == b"cache-control":
+                if b"no-store" in value.lower():
+                    return False
+                break
         return default if enable_caching is None else enable_caching
 
     def _alias(self, request: Request | None, key: str, kind: AliasKind) -> None:

@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtecho.cache import ResponseCache
+from dtecho.server.admission import PARSED_BODY
 from dtecho.server.asgi_body import raising, read_body, replay
 
 __all__ = ["AliasKind", "CacheFastPath", "DirectRoute", "RequestAliases", "request_digest"]
@@ -169,10 +170,12 @@ class DirectRoute:
             dependant.request_param_name,
         )
 
-    def validate(self, body: bytes) -> BaseModel | None:
-        """The validated body, or ``None`` when the route would answer it with an error."""
+    def validate(self, body: bytes, parsed: Any = None) -> BaseModel | None:
+        """The validated body, or ``None`` when the route would answer it with an error.
+        ``parsed``, when given, is ``json.loads(body)`` already done (by the security layer)."""
         try:
-            value, errors = self.body_field.validate(json.loads(body), {}, loc=("body",))
+            data = json.loads(body) if parsed is None else parsed
+            value, errors = self.body_field.validate(data, {}, loc=("body",))
         except Exception:  # malformed JSON, not UTF-8, too deep…: FastAPI answers it its way
             return None
         return None if errors else value
@@ -247,7 +250,11 @@ class CacheFastPath:
             alias = self.aliases.get(digest)
             hit = self.cache.get_local(alias[0]) if alias is not None else None
         if hit is None:
-            value = direct.validate(body) if direct is not None else None
+            value = None
+            if direct is not None:
+                parsed = scope.get("state", {}).get(PARSED_BODY)
+                reuse = parsed is not None and parsed[0] == body  # the very body it parsed
+                value = direct.validate(body, parsed[1] if reuse else None)
             if direct is not None and value is not None:
                 await self._dispatch(direct, value, body, scope, receive, send)
             else:

@@ -30,7 +30,13 @@ from dtecho.limits import Decision, Limiter
 from dtecho.security.accounting import AuditLog, UsageRecorder
 from dtecho.security.authenticator import Authenticator
 from dtecho.security.principal import Principal
-from dtecho.server.admission import MODEL_PATHS, UsageEventFilter, UsageScanner, read_request
+from dtecho.server.admission import (
+    MODEL_PATHS,
+    PARSED_BODY,
+    UsageEventFilter,
+    UsageScanner,
+    read_request,
+)
 from dtecho.server.asgi_body import raising, read_body, replay
 from dtecho.server.errors import error_body
 
@@ -193,6 +199,8 @@ class SecurityMiddleware:
                 )
                 await _send_dtecho_error(send, exc)
                 return
+            # The fast path validates this very body: it need not parse the JSON again.
+            scope_state[PARSED_BODY] = (facts.body, facts.parsed)
             receive = replay(facts.body, receive)
         await self._admitted(gateway, principal, model, reserve, strip_usage, scope, receive, send)
 
@@ -261,10 +269,17 @@ class SecurityMiddleware:
                     message = {**message, "body": events.feed(chunk, last=last)}
             await send(message)
 
+        scope_state = scope["state"]
+        if model is not None:  # the serving layer's LLM metrics and the request's span
+            scope_state["model"] = model
         try:
             await self.app(scope, receive, send_settling)
         finally:
-            await self._settle(gateway, principal, model, reserve, decision, scanner, status)
+            usage = await self._settle(
+                gateway, principal, model, reserve, decision, scanner, status
+            )
+            if usage is not None:
+                scope_state["usage"] = usage
 
     @staticmethod
     async def _settle(
@@ -275,14 +290,19 @@ class SecurityMiddleware:
         decision: Decision,
         scanner: UsageScanner | None,
         status: int,
-    ) -> None:
+    ) -> tuple[int, int] | None:
+        """Settle the reservation on the real count and account it; the tokens the answer
+        reported (prompt, completion), None when it reported none."""
         prompt = completion = 0
+        reported = None
         if status < 400:
             if scanner is not None and scanner.found:
                 prompt, completion = scanner.prompt_tokens or 0, scanner.completion_tokens or 0
+                reported = prompt, completion
             else:
                 prompt = reserve  # no usage reported: keep the reservation, the safe side
         if decision.ticket is not None:
             await gateway.limiter.settle(decision.ticket, prompt + completion)
         if model is not None:
             gateway.usage.record(principal.id, model, prompt, completion)
+        return reported
