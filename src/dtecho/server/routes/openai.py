@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from dtecho.engines.base import RelayEngine
 from dtecho.server.caching import CACHE_FIELDS
+from dtecho.server.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from dtecho.server.negotiation import render
 from dtecho.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from dtecho.server.sse import SSE_HEADERS
@@ -95,14 +96,22 @@ async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Respon
         request, body, f"/v1/{endpoint}", body.model,
         default=_deterministic(body), exclude=frozenset({"user"}),
     )  # fmt: skip
-    return await cache.response(
+    stream = bool(getattr(body, "stream", False))
+    answer = cache.response(
         key,
         lambda: _compute(request, body, endpoint),
-        stream=bool(getattr(body, "stream", False)),
+        stream=stream,
         tags=body.invalidation_tags,
         model=body.model,
         request=request,
     )
+    if stream or state.models.relay(body.model) is None:
+        return await answer
+    # A relayed answer the client will never read is not waited for: the upstream request is
+    # cancelled (its connection closed; the router counts the attempt ``cancelled``). Around
+    # the cache, not inside it: a single-flight computation shared with others carries on.
+    response = await unless_disconnected(request.receive, answer)
+    return Response(status_code=CLIENT_CLOSED_REQUEST) if response is None else response
 
 
 async def chat_response(body: ChatCompletionRequest, request: Request) -> Response:
