@@ -31,26 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RATE_INTERVAL = "5m"  # what $__rate_interval becomes: wider than the whole test
 
-# Panel targets over the LLM serving metrics (dtecho.observability.llm) that only hold traffic
-# once the request path calls LlmMetrics.observe. Until then their series exist at zero for
-# the served models, so "returns data" would pass vacuously: for these the test asks for a
-# finite value above zero, which fails until the wiring lands (xfail, strict: when it lands
-# they pass, and strict turns that into a failure that says to empty this list).
-AWAITING_REQUEST_PATH_WIRING = [
-    "dtecho-llm/Time to first token/A",
-    "dtecho-llm/Time to first token/B",
-    "dtecho-llm/Time to first token/C",
-    "dtecho-llm/Time per output token/A",
-    "dtecho-llm/Time per output token/B",
-    "dtecho-llm/End-to-end request latency/A",
-    "dtecho-llm/End-to-end request latency/B",
-    "dtecho-llm/End-to-end request latency/C",
-    "dtecho-llm/Prompt tokens / s/A",
-    "dtecho-llm/Generated tokens / s/A",
-    "dtecho-llm/Model requests by status/A",
-    "dtecho-llm/Model 5xx ratio/A",
-    "dtecho-llm/Top principals/A",
-]
+# The LLM serving series exist at zero from start-up for every served model, so "returns
+# data" would pass for them even if the request path never fed them: the test below asks
+# for traffic in each.
 LLM_SERIES = (
     "dtecho_time_to_first_token_seconds",
     "dtecho_time_per_output_token_seconds",
@@ -59,10 +42,6 @@ LLM_SERIES = (
     "dtecho_generation_tokens_total",
     "dtecho_model_requests_total",
 )
-
-
-class NoTrafficYet(AssertionError):
-    """An LLM serving panel parses and answers, but only with the zero series."""
 
 
 @dataclass(frozen=True)
@@ -268,37 +247,21 @@ def wait_for_data(prometheus: Prometheus, expr: str) -> list[dict[str, Any]]:
 def _panel_params() -> list[Any]:
     params = []
     for query in panel_queries():
-        marks = []
-        if query.id in AWAITING_REQUEST_PATH_WIRING:
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True,
-                    raises=NoTrafficYet,  # a query Prometheus refuses still fails for real
-                    reason="LLM serving metrics hold traffic once the request path calls "
-                    "LlmMetrics.observe (state.llm_metrics); then empty the list",
-                )
-            )
-        params.append(pytest.param(query, id=query.id, marks=marks))
+        params.append(pytest.param(query, id=query.id))
     return params
 
 
-def test_the_awaiting_list_is_exactly_the_panels_over_llm_serving_metrics() -> None:
-    over_llm = [q.id for q in panel_queries() if any(name in q.expr for name in LLM_SERIES)]
-    assert sorted(AWAITING_REQUEST_PATH_WIRING) == sorted(over_llm)
+@pytest.mark.parametrize("series", LLM_SERIES)
+def test_llm_serving_series_hold_the_traffic(scraped: Scraped, series: str) -> None:
+    counted = series if series.endswith("_total") else f"{series}_count"
+    found = wait_for_data(scraped.prometheus, f'sum({counted}{{model="dtesn-echo"}}) > 0')
+    assert float(found[0]["value"][1]) > 0
 
 
 @pytest.mark.parametrize("query", _panel_params())
 def test_dashboard_panel_query_returns_data(scraped: Scraped, query: PanelQuery) -> None:
     expr = query.substituted(RATE_INTERVAL)
-    if query.id not in AWAITING_REQUEST_PATH_WIRING:
-        wait_for_data(scraped.prometheus, expr)
-        return
-    # The fixture waited for the scrape holding all traffic: one evaluation is enough, and
-    # waiting on a series that cannot exist yet would only cost time.
-    result = scraped.prometheus.query(expr)
-    values = [float(sample["value"][1]) for sample in result]
-    if not any(math.isfinite(v) and v > 0 for v in values):
-        raise NoTrafficYet(f"{expr}\n-> {result}")
+    wait_for_data(scraped.prometheus, expr)
 
 
 @pytest.mark.parametrize("rule", [pytest.param(r, id=r.id) for r in recording_rules()])
