@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerProcess
+from support import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
