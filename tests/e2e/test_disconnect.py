@@ -42,13 +42,20 @@ def _log_records(server: ServerProcess) -> list[dict[str, Any]]:
     return records
 
 
+# With hedging the client leaves during the hedge delay (5 s): the first attempt, awaited by
+# the hedge's timer, must be cancelled too.
+ROUTINGS = {"plain": {}, "hedged": {"hedging": {"enabled": True, "delay_seconds": 5.0}}}
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_a_client_leaving_a_non_streamed_relay_cancels_the_upstream_request(
-    server_factory: Any, slow_upstream: FaultUpstream, path: str
+    server_factory: Any, slow_upstream: FaultUpstream, path: str, routing: str
 ) -> None:
     deployment = {"name": "slow", "base_url": slow_upstream.url, "upstream_model": "m"}
-    server = server_factory({"models": [{"name": "relayed", "engine": "openai",
-                                         "deployments": [deployment]}]})  # fmt: skip
+    model = {"name": "relayed", "engine": "openai", "deployments": [deployment],
+             "routing": ROUTINGS[routing]}  # fmt: skip
+    server = server_factory({"models": [model]})
     body: dict[str, Any] = {"model": "relayed", "max_tokens": 8}
     if path == "/v1/chat/completions":
         body["messages"] = [{"role": "user", "content": "hello"}]

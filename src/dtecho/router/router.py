@@ -439,7 +439,13 @@ class RoutedModel:
         if delay is None:  # nothing measured yet: no basis for a hedge
             return await self._attempt(deployment, endpoint, body, stream, number)
         first = asyncio.ensure_future(self._attempt(deployment, endpoint, body, stream, number))
-        done, _ = await asyncio.wait({first}, timeout=max(delay, hedging.min_delay_seconds))
+        try:
+            done, _ = await asyncio.wait({first}, timeout=max(delay, hedging.min_delay_seconds))
+        except BaseException:
+            # asyncio.wait does not cancel what it waits on: a client that left during the
+            # hedge delay must not leave its first attempt running upstream.
+            first.cancel()
+            raise
         if done:
             return first.result()
         second_deployment, _ = self._next(
