@@ -124,8 +124,11 @@ def test_the_same_move_with_every_round_beyond_the_old_ones_is_a_regression(
 def test_throughput_runs_that_overlap_are_within_noise(tmp_path: Path) -> None:
     new = load("proxy_overhead.json")
     c8 = new["results"]["dtecho"]["closed_loop"]["by_concurrency"]["8"]
-    assert c8["rps_runs"] == [3188.0, 2869.6, 3211.4]
-    c8["rps_runs"], c8["rps_median"] = [2869.6, 2990.0, 3211.4], 2990.0  # -6.2%
+    low, middle, high = sorted(c8["rps_runs"])
+    # The median falls by 6% (past the 5% threshold), but one new run is as fast as the
+    # fastest old one: the two sets overlap, so the fall is not told apart from noise.
+    c8["rps_median"] = 0.94 * middle
+    c8["rps_runs"] = [0.9 * low, c8["rps_median"], high]
     report = as_json(
         bench_compare(
             RESULTS / "proxy_overhead.json", write(tmp_path, "n.json", new), "--format", "json"
@@ -310,15 +313,20 @@ def test_table_lists_changed_metrics_and_summarises() -> None:
 
 
 def test_rounds_beside_a_headline_become_its_samples() -> None:
-    metrics = flatten_results(load("proxy_overhead.json"))
+    doc = load("proxy_overhead.json")
+    sequential = doc["results"]["dtecho"]["sequential"]
+    c8 = doc["results"]["dtecho"]["closed_loop"]["by_concurrency"]["8"]
+    metrics = flatten_results(doc)
     p50 = metrics["results.dtecho.sequential.p50_ms"]
-    assert p50.samples == (0.513, 0.499, 0.503)
-    assert metrics["results.dtecho.sequential.p99_ms"].samples == (0.734, 1.043, 0.823)
+    assert p50.samples == tuple(r["p50"] for r in sequential["rounds"])
+    p99_rounds = tuple(r["p99"] for r in sequential["rounds"])
+    assert metrics["results.dtecho.sequential.p99_ms"].samples == p99_rounds
     rps = metrics["results.dtecho.closed_loop.by_concurrency.8.rps_median"]
-    assert rps.samples == (3188.0, 2869.6, 3211.4)
+    assert rps.samples == tuple(c8["rps_runs"]) and len(rps.samples) == 3
     # a list of runs with no headline is a metric of its own, valued at the median
     p99 = metrics["results.dtecho.closed_loop.by_concurrency.8.p99_ms"]
-    assert p99.value == 3.275 and p99.samples == (3.275, 3.776, 3.183)
+    assert p99.samples == tuple(c8["p99_ms_runs"])
+    assert p99.value == sorted(c8["p99_ms_runs"])[1]
 
 
 def test_replicate_rows_become_one_metric_labelled_by_seed() -> None:
