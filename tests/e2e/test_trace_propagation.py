@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -107,6 +108,12 @@ def test_a_streamed_relayed_chat_is_one_trace_from_client_to_upstream(
     assert service(upstream_server) == "upstream"
     assert upstream_server.attributes["gen_ai.request.model"] == "dtesn-echo"
     assert upstream_server.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    # Its generation is a GenAI span of its own, with the same token counts.
+    generation = only(spans, parent_span_id=upstream_server.span_id, name="chat dtesn-echo")
+    assert generation.attributes["gen_ai.provider.name"] == "dtecho"
+    assert generation.attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
+    assert generation.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    assert generation.attributes["gen_ai.response.finish_reasons"]
     assert all(s.trace_id == CLIENT_TRACE_ID for s in spans)
 
     # Every log line of the request carries its trace and span ids.
@@ -117,3 +124,39 @@ def test_a_streamed_relayed_chat_is_one_trace_from_client_to_upstream(
     assert access and access[0]["trace_id"] == CLIENT_TRACE_ID
     assert access[0]["span_id"] == front_server.span_id
     assert os.environ.get("OTEL_SDK_DISABLED") != "true"
+
+
+def test_dtesn_processing_and_the_cache_show_in_the_trace(server_factory: Any) -> None:
+    body = {"input": "Membranes within membranes.", "membrane_depth": 3, "esn_size": 64,
+            "integrator": "rk4"}  # fmt: skip
+    with OTLPHTTPReceiver() as receiver:
+        server: ServerProcess = server_factory({"tracing": tracing(receiver, "dtesn")})
+        traces = []
+        for attempt in range(2):  # computed, then answered from the cache
+            trace_id = f"{attempt + 1:032x}"
+            answer = httpx.post(
+                f"{server.base_url}/v1/dtesn/process",
+                json=body,
+                headers={"traceparent": f"00-{trace_id}-{CLIENT_SPAN_ID}-01"},
+                timeout=30,
+            )
+            assert answer.status_code == 200
+            traces.append((trace_id, answer.headers["x-cache"], answer.json()))
+        server.stop()
+        computed = receiver.trace(traces[0][0])
+        cached = receiver.trace(traces[1][0])
+
+    assert traces[0][1] == "MISS" and traces[1][1].startswith("HIT")
+    root = only(computed, kind="SERVER")
+    lookup = only(computed, name="dtecho.cache.lookup", parent_span_id=root.span_id)
+    assert lookup.attributes["dtecho.cache.hit"] is False
+    process = only(computed, name="dtecho.dtesn.process", parent_span_id=lookup.span_id)
+    result = traces[0][2]
+    assert process.attributes["dtecho.dtesn.units"] == 64
+    assert process.attributes["dtecho.dtesn.integrator"] == "rk4"
+    assert process.attributes["dtecho.dtesn.steps"] == result["steps"]
+    assert process.attributes["dtecho.dtesn.membranes"] == len(result["membranes"])
+    hit_root = only(cached, kind="SERVER")
+    assert hit_root.attributes["dtecho.cache.hit"] is True
+    assert hit_root.attributes["dtecho.cache.tier"] == "l1"
+    assert not [s for s in cached if s.name == "dtecho.dtesn.process"]

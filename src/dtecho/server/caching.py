@@ -30,6 +30,8 @@ from pydantic import BaseModel
 from dtecho import __version__
 from dtecho.cache import ResponseCache, ResultTier, cache_key, canonical_json
 from dtecho.config import Settings
+from dtecho.observability import semconv
+from dtecho.observability import tracing as tr
 from dtecho.server.fast_path import AliasKind, RequestAliases
 from dtecho.server.sse import SSE_DONE, SSE_HEADERS
 
@@ -42,6 +44,15 @@ CACHE_FIELDS = frozenset({"enable_caching", "invalidation_tags"})
 """Request fields that steer the cache and never reach an engine or a key."""
 XCache = Literal["HIT-L1", "HIT-L2", "HIT-L3", "MISS", "BYPASS"]
 """The ``X-Cache`` header's values."""
+
+
+def _record_tier(span: Any, tier: str) -> None:
+    """Where a cached answer came from, on its lookup span (a miss computed inside it)."""
+    if span.is_recording():
+        span.set_attribute(semconv.CACHE_HIT, tier in ("L1", "L2", "L3"))
+        span.set_attribute(semconv.CACHE_TIER, tier.lower() if tier != "MISS" else "none")
+
+
 _LABELS: dict[ResultTier, XCache] = {
     "L1": "HIT-L1", "L2": "HIT-L2", "L3": "HIT-L3", "MISS": "MISS", "BYPASS": "BYPASS",
 }  # fmt: skip
@@ -150,7 +161,9 @@ class RouteCache:
         if key is None:
             self.cache.note_bypass()
             return await encoded(), "BYPASS"
-        value, tier = await self.cache.get_or_compute(key, encoded, tags=tags, model=model)
+        with tr.span(semconv.SPAN_CACHE_LOOKUP) as span:
+            value, tier = await self.cache.get_or_compute(key, encoded, tags=tags, model=model)
+            _record_tier(span, tier)
         if tier != "BYPASS":
             self._alias(request, key, "json")
         return value, _LABELS[tier]
@@ -182,10 +195,13 @@ class RouteCache:
                 raise _Uncacheable(response)
             return {"body": bytes(response.body), "media_type": response.media_type}
 
-        try:
-            value, tier = await self.cache.get_or_compute(key, capture, tags=tags, model=model)
-        except _Uncacheable as exc:
-            return _labelled(exc.response, "MISS")
+        with tr.span(semconv.SPAN_CACHE_LOOKUP) as span:
+            try:
+                value, tier = await self.cache.get_or_compute(key, capture, tags=tags, model=model)
+            except _Uncacheable as exc:  # an answer not to keep (an error, a stream): no fault
+                _record_tier(span, "MISS")
+                return _labelled(exc.response, "MISS")
+            _record_tier(span, tier)
         self._alias(request, key, "response")
         headers = {CACHE_HEADER: _LABELS[tier]}
         return Response(value["body"], media_type=value["media_type"], headers=headers)

@@ -46,6 +46,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtecho.cache import ResponseCache
+from dtecho.observability import semconv
+from dtecho.observability import tracing as tr
 from dtecho.server.admission import PARSED_BODY
 from dtecho.server.asgi_body import raising, read_body, replay
 
@@ -265,6 +267,10 @@ class CacheFastPath:
         else:
             payload, media_type = hit.value["body"], hit.value["media_type"].encode()
         scope["route"] = _Route(scope["path"])
+        span = tr.current_span()
+        if span.is_recording():  # a hit costs microseconds: an attribute, not a span of its own
+            span.set_attribute(semconv.CACHE_HIT, True)
+            span.set_attribute(semconv.CACHE_TIER, hit.tier.lower())
         headers = [
             (b"content-type", media_type),
             (b"content-length", b"%d" % len(payload)),

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
+from opentelemetry import trace
 
 from dtecho.engines.base import (
     Capabilities,
@@ -26,6 +27,8 @@ from dtecho.engines.base import (
     TokenLogprob,
 )
 from dtecho.errors import InvalidRequest
+from dtecho.observability import semconv
+from dtecho.observability import tracing as tr
 from dtecho.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from dtecho.server.sse import SSE_DONE, sse_data
 
@@ -138,6 +141,23 @@ class _Collected:
             self.finish[chunk.index] = chunk.finish_reason
 
 
+def _generation_span(operation: str, request: ChatCompletionRequest) -> Any:
+    """The GenAI span of an in-process generation, a child of the request's (not current:
+    a stream's generation outlives the call that starts it)."""
+    if tr.active() is None:
+        return trace.INVALID_SPAN
+    attributes = tr.genai_attributes(
+        operation,
+        request.model,
+        semconv.PROVIDER_DTECHO,
+        max_tokens=request.token_limit,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stream=bool(request.stream),
+    )
+    return tr.start_span(tr.genai_span_name(operation, request.model), attributes)
+
+
 async def _collect(generation: Generation, n: int) -> _Collected:
     collected = _Collected(n)
     try:
@@ -182,11 +202,25 @@ class CompletionService:
     ) -> dict[str, Any] | AsyncIterator[bytes]:
         """A ``chat.completion`` object, or (``stream``) an iterator of SSE frames."""
         generation_request = self._chat_request(request, request_id)
-        generation = await self.engine.generate(generation_request)
-        completion_id, created = _completion_id("chatcmpl"), int(time.time())
-        if request.stream:
-            return self._chat_stream(request, generation, completion_id, created)
-        collected = await _collect(generation, request.n)
+        span = _generation_span(semconv.OP_CHAT, request)
+        try:
+            generation = await self.engine.generate(generation_request)
+            completion_id, created = _completion_id("chatcmpl"), int(time.time())
+            if request.stream:
+                return self._chat_stream(request, generation, completion_id, created, span)
+            collected = await _collect(generation, request.n)
+        except BaseException as exc:
+            tr.end_span(span, exc)
+            raise
+        tr.record_genai_response(
+            span,
+            response_model=request.model,
+            response_id=completion_id,
+            input_tokens=generation.prompt_tokens,
+            output_tokens=sum(collected.tokens),
+            finish_reasons=[reason or "stop" for reason in collected.finish],
+        )
+        tr.end_span(span)
         choices = [
             {
                 "index": index,
@@ -212,9 +246,13 @@ class CompletionService:
         generation: Generation,
         completion_id: str,
         created: int,
+        span: Any = None,
     ) -> AsyncIterator[bytes]:
         head = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
         head["model"] = request.model
+        span = span if span is not None else trace.INVALID_SPAN
+        finished: list[str] = []
+        failure: BaseException | None = None
 
         def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return sse_data({**head, "choices": choices, **extra})
@@ -236,10 +274,23 @@ class CompletionService:
                     }
                     yield frame([choice])
                 if chunk.finish_reason:
+                    finished.append(chunk.finish_reason)
                     finish = {"index": chunk.index, "delta": {}, "logprobs": None}
                     yield frame([{**finish, "finish_reason": chunk.finish_reason}])
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             await generation.chunks.aclose()  # type: ignore[attr-defined]
+            tr.record_genai_response(
+                span,
+                response_model=request.model,
+                response_id=completion_id,
+                input_tokens=generation.prompt_tokens,
+                output_tokens=completion_tokens,
+                finish_reasons=finished,
+            )
+            tr.end_span(span, failure)
         if request.include_usage:
             yield frame([], usage=_usage(generation.prompt_tokens, completion_tokens))
         yield SSE_DONE

@@ -16,6 +16,8 @@ from dtecho.batching.micro import BatchObserver, batcher_from_settings
 from dtecho.config import BatchingSettings, DtesnSettings
 from dtecho.dtesn import trees
 from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
+from dtecho.observability import semconv
+from dtecho.observability import tracing as tr
 from dtecho.server.protocol_dtesn import ProcessOptions, ProcessRequest, validate_input
 from dtecho.services.dtesn_processing import (
     NetworkConfig,
@@ -98,9 +100,18 @@ class DtesnService:
     async def process(self, request: ProcessRequest) -> dict[str, Any]:
         """Run one input; the result of :meth:`ProcessResult.as_dict`."""
         config, data = self.prepare(request.input, request)
-        result = await self._compute(config, data, request.trajectory_points)
+        attributes = {
+            semconv.DTESN_UNITS: request.esn_size,
+            semconv.DTESN_INTEGRATOR: request.integrator,
+        }
+        with tr.span(semconv.SPAN_DTESN, attributes) as span:
+            result = await self._compute(config, data, request.trajectory_points)
+            answer = result.as_dict(request.include_states)
+            if span.is_recording():
+                span.set_attribute(semconv.DTESN_STEPS, int(answer["steps"]))
+                span.set_attribute(semconv.DTESN_MEMBRANES, len(answer["membranes"]))
         self.outcomes["process", "completed"] += 1
-        return result.as_dict(request.include_states)
+        return answer
 
     async def batch(self, inputs: list[Any], options: ProcessOptions) -> dict[str, Any]:
         """Run every input with one configuration; a bad item fails alone, in place.
