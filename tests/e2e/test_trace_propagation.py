@@ -94,6 +94,12 @@ def test_a_streamed_relayed_chat_is_one_trace_from_client_to_upstream(
     assert attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
     assert attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
 
+    # Authentication and admission, each a child of the request's span.
+    auth = only(spans, name="dtecho.auth", parent_span_id=front_server.span_id)
+    assert auth.attributes["dtecho.principal"]
+    limits = only(spans, name="dtecho.limits", parent_span_id=front_server.span_id)
+    assert limits.attributes["dtecho.limits.decision"] == "admitted"
+
     attempt = only(spans, kind="CLIENT", parent_span_id=front_server.span_id)
     assert service(attempt) == "front"
     assert attempt.name == "chat dtesn-echo"

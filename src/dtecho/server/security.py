@@ -27,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dtecho.config import LimitProfile
 from dtecho.errors import DtechoError, PermissionDenied, RateLimited
 from dtecho.limits import Decision, Limiter
+from dtecho.observability import semconv
+from dtecho.observability import tracing as tr
 from dtecho.security.accounting import AuditLog, UsageRecorder
 from dtecho.security.authenticator import Authenticator
 from dtecho.security.principal import Principal
@@ -158,7 +160,10 @@ class SecurityMiddleware:
             await _send_error(send, 431, body)
             return
         try:
-            principal = await gateway.authenticator.authenticate(headers.credential)
+            with tr.span(semconv.SPAN_AUTH) as span:
+                principal = await gateway.authenticator.authenticate(headers.credential)
+                if span.is_recording():
+                    span.set_attribute(semconv.PRINCIPAL, principal.id)
         except DtechoError as exc:
             gateway.audit.record(
                 "auth.failure",
@@ -234,9 +239,14 @@ class SecurityMiddleware:
         send: Send,
     ) -> None:
         model_limits = principal.limits_for(model, gateway.model_defaults)
-        decision: Decision = await gateway.limiter.admit(
-            principal.id, model, principal.limits, model_limits, reserve
-        )
+        with tr.span(semconv.SPAN_LIMITS) as span:
+            decision: Decision = await gateway.limiter.admit(
+                principal.id, model, principal.limits, model_limits, reserve
+            )
+            if span.is_recording():
+                span.set_attribute(
+                    semconv.LIMITS_DECISION, "admitted" if decision.allowed else "limited"
+                )
         if not decision.allowed:
             exc: DtechoError = RateLimited(decision.message, code="rate_limit_exceeded")
             if decision.reason == "unavailable":
