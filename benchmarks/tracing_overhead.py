@@ -2,7 +2,9 @@
 dead one, against the build without the instrumentation hooks.
 
 One run starts, each as its own process: the fast upstream of ``proxy_overhead.py``, a live
-OTLP/HTTP receiver (``tests/otlp_receiver.py``, decoding every export), and one ``dtecho serve``
+OTLP/HTTP receiver (``tests/otlp_receiver.py --count-only``: it parses every export and counts
+its spans but does not convert them, since it shares a CPU with the load generator, and a
+collector that starves the load generator would show as dtecho's cost), and one ``dtecho serve``
 worker per variant, all relaying to the same upstream:
 
 - ``no-hooks``: ``DTECHO_TRACING_HOOKS=0`` (``tracing.hooks: false``), the app built without
@@ -92,7 +94,7 @@ def _build(work: Path, layout: dict[str, list[int]] | None) -> tuple[list[Server
         up_port, UPSTREAM_MODEL, work / "upstream.log", side, env=env, process="upstream",
     )  # fmt: skip
     receiver = Server(
-        "receiver", [sys.executable, str(RECEIVER_SCRIPT), "--port", str(rx_port)],
+        "receiver", [sys.executable, str(RECEIVER_SCRIPT), "--port", str(rx_port), "--count-only"],
         rx_port, "", work / "receiver.log", side, env=env,
     )  # fmt: skip
     tracing = {
