@@ -33,7 +33,7 @@ from dtecho.config import Settings
 from dtecho.observability import semconv
 from dtecho.observability import tracing as tr
 from dtecho.server.fast_path import AliasKind, RequestAliases
-from dtecho.server.sse import SSE_DONE, SSE_HEADERS
+from dtecho.wire.sse import SSE_DONE, SSE_HEADERS
 
 __all__ = [
     "CACHE_FIELDS", "CACHE_HEADER", "DTESN_MODEL", "RouteCache", "XCache", "encode_json",

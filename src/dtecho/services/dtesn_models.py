@@ -27,8 +27,8 @@ from dtecho.config import BatchingSettings
 from dtecho.dtesn import DTESN
 from dtecho.dtesn.reservoir import Reservoir
 from dtecho.errors import Conflict, InvalidRequest, PayloadTooLarge
-from dtecho.server.protocol_dtesn import ModelConfig, TrainRequest
 from dtecho.services.model_store import ModelStore, new_model_id
+from dtecho.wire.dtesn import ModelConfig, TrainRequest
 
 __all__ = ["ModelService", "batch_reservoir", "nrmse", "parse_table", "predict_many"]
 

@@ -18,7 +18,6 @@ from dtecho.dtesn import trees
 from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
 from dtecho.observability import semconv
 from dtecho.observability import tracing as tr
-from dtecho.server.protocol_dtesn import ProcessOptions, ProcessRequest, validate_input
 from dtecho.services.dtesn_processing import (
     NetworkConfig,
     ProcessCancelled,
@@ -26,6 +25,7 @@ from dtecho.services.dtesn_processing import (
     ProcessResult,
     parse_input,
 )
+from dtecho.wire.dtesn import ProcessOptions, ProcessRequest, validate_input
 
 __all__ = ["DtesnService", "membranes_for_depth"]
 

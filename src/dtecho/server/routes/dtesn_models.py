@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from dtecho.errors import InvalidRequest
 from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
-from dtecho.server.protocol_dtesn import PredictRequest, TrainRequest, UpdateRequest
-from dtecho.server.sse import SSE_HEADERS, sse_event
 from dtecho.server.state import get_state
 from dtecho.services.dtesn_models import config_from_form, parse_table
+from dtecho.wire.dtesn import PredictRequest, TrainRequest, UpdateRequest
+from dtecho.wire.sse import SSE_HEADERS, sse_event
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
 

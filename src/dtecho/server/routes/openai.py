@@ -12,10 +12,10 @@ from dtecho.engines.base import RelayEngine
 from dtecho.server.caching import CACHE_FIELDS
 from dtecho.server.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from dtecho.server.negotiation import render
-from dtecho.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from dtecho.server.sse import SSE_HEADERS
 from dtecho.server.state import get_state
 from dtecho.services.completions import CompletionService
+from dtecho.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from dtecho.wire.sse import SSE_HEADERS
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from dtecho import __version__
 from dtecho.errors import DtechoError
 from dtecho.server.negotiation import render
-from dtecho.server.protocol_dtesn import ProcessRequest
 from dtecho.server.state import ServerState, get_state
+from dtecho.wire.dtesn import ProcessRequest
 
 router = APIRouter(tags=["pages"])
 

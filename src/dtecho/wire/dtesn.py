@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dtecho.dtesn import bseries
-from dtecho.server.protocol import CacheOptions, ChatCompletionRequest
+from dtecho.wire.openai import CacheOptions, ChatCompletionRequest
 
 __all__ = [
     "BatchRequest",
