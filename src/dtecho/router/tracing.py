@@ -7,6 +7,7 @@ global read and nothing else when tracing is off (``dtecho.observability.tracing
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -62,15 +63,22 @@ def attempt_span(
         top_p=body.get("top_p"),
         stream=stream,
     )
-    url = urlsplit(deployment.spec.base_url)
-    attributes[semconv.SERVER_ADDRESS] = url.hostname or ""
-    if url.port is not None:
-        attributes[semconv.SERVER_PORT] = url.port
+    host, port = _address(deployment.spec.base_url)
+    attributes[semconv.SERVER_ADDRESS] = host
+    if port is not None:
+        attributes[semconv.SERVER_PORT] = port
     attributes[semconv.DEPLOYMENT] = deployment.name
     attributes[semconv.ATTEMPT] = number
     if hedge:
         attributes[semconv.HEDGE] = True
     return tr.start_span(tr.genai_span_name(operation, model), attributes, kind=SpanKind.CLIENT)
+
+
+@functools.lru_cache(maxsize=256)
+def _address(base_url: str) -> tuple[str, int | None]:
+    """A deployment's host and port, parsed once per base URL rather than per attempt."""
+    url = urlsplit(base_url)
+    return url.hostname or "", url.port
 
 
 @contextlib.contextmanager
