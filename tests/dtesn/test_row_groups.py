@@ -156,7 +156,7 @@ def test_auto_runs_grouped_weights_on_the_layout_and_batches_agree():
     assert not res._use_dense(1, True) and not res._use_dense(9, True)
     for b in (0, 4, 8):
         np.testing.assert_array_equal(model.run(batch[b]), S[b])
-    plain = DTESN(320, seed=1).fit(batch[0], batch[0]).reservoir_
+    plain = DTESN(320, seed=1, weights="random").fit(batch[0], batch[0]).reservoir_
     assert not plain._use_groups(1) and not plain._use_groups(9)  # random W pads 7×
 
 

@@ -1,4 +1,5 @@
-"""Benchmark signals for reservoir computing: Mackey–Glass, NARMA, Lorenz, memory capacity.
+"""Benchmark signals for reservoir computing: Mackey–Glass, NARMA, Lorenz, Rössler, memory
+capacity.
 
 Every generator is deterministic (a pure function of its arguments) and returns float64
 NumPy arrays. Times are in the equation's own time units; "samples" are the returned rows.
@@ -8,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["lorenz", "mackey_glass", "memory_capacity_task", "narma"]
+__all__ = [
+    "NARMA30_COEFFICIENTS",
+    "lorenz",
+    "mackey_glass",
+    "memory_capacity_task",
+    "narma",
+    "rossler",
+]
 
 
 def _steps_per(length: float, h: float, what: str) -> int:
@@ -96,25 +104,40 @@ def mackey_glass(
     return out
 
 
+NARMA30_COEFFICIENTS = (0.2, 0.004, 1.5, 0.001)  # Atiya & Parlos (2000); bounded at order 30
+
+
 def narma(
-    n: int, order: int = 10, seed: int = 0, *, low: float = 0.0, high: float = 0.5
+    n: int,
+    order: int = 10,
+    seed: int = 0,
+    *,
+    low: float = 0.0,
+    high: float = 0.5,
+    coefficients: tuple[float, float, float, float] = (0.3, 0.05, 1.5, 0.1),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The NARMA system of the given order driven by i.i.d. u ~ U[low, high).
 
-    y[t+1] = 0.3·y[t] + 0.05·y[t]·Σ_{i=0}^{order−1} y[t−i] + 1.5·u[t−order+1]·u[t] + 0.1,
-    with y[t] = 0 for t < order (so the first ``order`` outputs are the zero start-up; use a
-    warm-up). Returns ``(u, y)``, both of shape (n,). y[t+1] is the response to inputs up to
-    u[t]: the usual task feeds u[t] and targets y[t+1] (``X = u[:-1], Y = y[1:]``).
-    Raises ValueError if the series diverges (possible for orders well above 10).
+    y[t+1] = α·y[t] + β·y[t]·Σ_{i=0}^{order−1} y[t−i] + γ·u[t−order+1]·u[t] + δ with
+    (α, β, γ, δ) = ``coefficients``, by default NARMA10's 0.3 / 0.05 / 1.5 / 0.1 (for order
+    30 use ``NARMA30_COEFFICIENTS``: NARMA10's diverge there), and y[t] = 0 for t < order (so
+    the first ``order`` outputs are the zero start-up; use a warm-up). Returns ``(u, y)``,
+    both of shape (n,). y[t+1] is the response to inputs up to u[t]: the usual task feeds
+    u[t] and targets y[t+1] (``X = u[:-1], Y = y[1:]``). Raises ValueError if the series
+    diverges (possible for orders well above 10 with NARMA10's coefficients).
     """
     if n < 0 or order < 1:
         raise ValueError(f"need n >= 0 and order >= 1, got n={n}, order={order}")
+    a, b, c, d = (float(v) for v in coefficients)
     u = np.random.default_rng(seed).uniform(low, high, size=n)
     uu = u.tolist()
     yy = [0.0] * n
     for t in range(order - 1, n - 1):
         window = sum(yy[t - order + 1 : t + 1])  # O(order) per step; order is small
-        yy[t + 1] = 0.3 * yy[t] + 0.05 * yy[t] * window + 1.5 * uu[t - order + 1] * uu[t] + 0.1
+        yy[t + 1] = a * yy[t] + b * yy[t] * window + c * uu[t - order + 1] * uu[t] + d
+        if abs(yy[t + 1]) > 1e6:  # diverging: stop before it overflows
+            yy[t + 1] = float("inf")
+            break
     y = np.array(yy)
     if not np.all(np.isfinite(y)):
         raise ValueError(f"NARMA{order} diverged for seed={seed}; try another seed")
@@ -146,6 +169,46 @@ def lorenz(
 
     def f(x: float, y: float, z: float) -> tuple[float, float, float]:
         return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
+
+    skip = round(transient / dt)
+    out = np.empty((n, 3))
+    for row in range(-skip, n):
+        if row >= 0:
+            out[row] = (x, y, z)
+        for _ in range(substeps):
+            a1, b1, c1 = f(x, y, z)
+            a2, b2, c2 = f(x + h2 * a1, y + h2 * b1, z + h2 * c1)
+            a3, b3, c3 = f(x + h2 * a2, y + h2 * b2, z + h2 * c2)
+            a4, b4, c4 = f(x + h * a3, y + h * b3, z + h * c3)
+            x += h6 * (a1 + 2.0 * a2 + 2.0 * a3 + a4)
+            y += h6 * (b1 + 2.0 * b2 + 2.0 * b3 + b4)
+            z += h6 * (c1 + 2.0 * c2 + 2.0 * c3 + c4)
+    return out
+
+
+def rossler(
+    n: int,
+    dt: float = 0.1,
+    *,
+    a: float = 0.2,
+    b: float = 0.2,
+    c: float = 5.7,
+    x0: tuple[float, float, float] = (1.0, 1.0, 0.0),
+    substeps: int = 1,
+    transient: float = 50.0,
+) -> np.ndarray:
+    """Samples of the Rössler system dx = −y − z, dy = x + a·y, dz = b + z·(x − c), shape
+    (n, 3), one row every dt, by classical RK4 with step dt/substeps after ``transient``
+    time units (the classic a = b = 0.2, c = 5.7 give the chaotic band attractor, x and y
+    within about ±12, z in (0, 25))."""
+    if n < 0 or dt <= 0 or substeps < 1 or transient < 0:
+        raise ValueError("need n >= 0, dt > 0, substeps >= 1 and transient >= 0")
+    h = dt / substeps
+    h2, h6 = 0.5 * h, h / 6.0
+    x, y, z = (float(v) for v in x0)
+
+    def f(x: float, y: float, z: float) -> tuple[float, float, float]:
+        return -y - z, x + a * y, b + z * (x - c)
 
     skip = round(transient / dt)
     out = np.empty((n, 3))

@@ -22,8 +22,8 @@ import scipy.sparse as sps
 from . import bseries
 from ._pipeline import overlapped
 from .membranes import Membrane, build_membranes
-from .readout import RidgeReadout, RLSReadout, readout_from_state
-from .reservoir import ROW_GROUP, ESPReport, Reservoir, build_weights
+from .readout import RidgeReadout, RLSReadout, readout_from_state, ridge_path
+from .reservoir import INITIALISERS, ROW_GROUP, ESPReport, Reservoir, build_weights
 
 __all__ = ["DTESN", "NotFittedError"]
 
@@ -44,6 +44,37 @@ def _differs(value: Any, default: Any) -> bool:
         return bool(value != default)
     except ValueError:  # arrays compare elementwise
         return True
+
+
+def _same_stats(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _is_ridge(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool | str) and 0 <= float(value) < np.inf
+    except (TypeError, ValueError):
+        return False
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+# weights="auto" draws in row groups (the fast one-sequence layout) when every membrane has
+# at least this many recurrent inputs per unit: a group of ROW_GROUP units then shares
+# columns without losing rank, and the study found no loss of quality (docs/dtesn.md).
+_AUTO_GROUP_MIN_IN_DEGREE = ROW_GROUP
+# ridge="auto" holds out this share of the training rows (the latest of each sequence, or
+# the last sequences of a set of five or more) to choose the ridge, then refits on all.
+_AUTO_RIDGE_HOLDOUT = 0.2
+_FALLBACK_RIDGE = 1e-8  # ridge="auto" with too few rows to hold any out
 
 
 def _is_count(value: Any) -> bool:
@@ -169,7 +200,7 @@ class DTESN:
         input_scaling: float = 1.0,
         bias_scaling: float = 0.0,
         connectivity: float = 0.1,
-        ridge: float = 1e-8,
+        ridge: float | str = "auto",
         integrator: str | bseries.Tableau = "euler",
         dt: float = 1.0,
         input_to: str = "skin",
@@ -179,14 +210,19 @@ class DTESN:
         coupling: float = 1.0,
         feedback: float = 0.0,
         input_connectivity: float = 1.0,
-        weights: str = "random",
+        input_norm: str = "standard",
+        input_init: str = "uniform",
+        recurrent_init: str = "normal",
+        bias_init: str = "uniform",
+        bias_connectivity: float = 1.0,
+        weights: str = "auto",
         activation: str = "tanh",
         forgetting: float = 1.0,
         rls_delta: float | None = None,
         matrix_format: str = "auto",
         regularize_bias: bool = False,
         backend: str = "auto",
-        n_jobs: int = 1,
+        n_jobs: int | None = None,
     ) -> None:
         for name, value in locals().items():
             if name != "self":
@@ -236,24 +272,29 @@ class DTESN:
             (0 <= self.spectral_radius < np.inf, "spectral_radius >= 0"),
             (0 < self.connectivity <= 1, "connectivity in (0, 1]"),
             (0 < self.input_connectivity <= 1, "input_connectivity in (0, 1]"),
-            (self.ridge >= 0, "ridge >= 0"),
+            (self.ridge == "auto" or _is_ridge(self.ridge), "ridge 'auto' or a number >= 0"),
+            (0 <= self.bias_connectivity <= 1, "bias_connectivity in [0, 1]"),
+            (self.input_norm in ("standard", "none"), "input_norm 'standard' or 'none'"),
+            (self.input_init in INITIALISERS, f"input_init one of {INITIALISERS}"),
+            (self.recurrent_init in INITIALISERS, f"recurrent_init one of {INITIALISERS}"),
+            (self.bias_init in INITIALISERS, f"bias_init one of {INITIALISERS}"),
             (self.input_to in ("skin", "all"), "input_to 'skin' or 'all'"),
             (self.dtype in ("float64", "float32"), "dtype 'float64' or 'float32'"),
             (
-                self.weights in ("random", "grouped", "orthogonal"),
-                "weights 'random', 'grouped' or 'orthogonal'",
+                self.weights in ("auto", "random", "grouped", "orthogonal"),
+                "weights 'auto', 'random', 'grouped' or 'orthogonal'",
             ),
             (self.activation in ("tanh", "identity"), "activation 'tanh' or 'identity'"),
             (0 < self.forgetting <= 1, "forgetting in (0, 1]"),
             (self.matrix_format in ("auto", "dense", "sparse"), "matrix_format auto/dense/sparse"),
             (self.backend in ("auto", "numpy", "numba"), "backend 'auto', 'numpy' or 'numba'"),
-            (_is_count(self.n_jobs), "n_jobs an integer >= 1"),
+            (self.n_jobs is None or _is_count(self.n_jobs), "n_jobs None or an integer >= 1"),
         ]
         for ok, what in checks:
             if not ok:
                 raise ValueError(f"invalid parameter: need {what}; got {self!r}")
         self._tableau(), self._substeps()
-        if self.weights == "grouped":
+        if self.weights == "grouped":  # chosen by hand: "auto" only groups where it can
             # a group's rows all draw from the same k columns, so its block has rank <= k
             short = [
                 m
@@ -271,6 +312,18 @@ class DTESN:
                     stacklevel=5,  # the caller of fit / run / predict
                 )
 
+    def _jobs(self) -> int:
+        return usable_cores() if self.n_jobs is None else int(self.n_jobs)
+
+    def weights_layout(self) -> str:
+        """The recurrent layout ``weights`` stands for: "auto" is "grouped" when every
+        membrane has at least ``ROW_GROUP`` (16) recurrent inputs per unit
+        (connectivity · units), else "random"."""
+        if self.weights != "auto":
+            return self.weights
+        degrees = [round(self.connectivity * m.units) for m in self.membranes]
+        return "grouped" if min(degrees) >= _AUTO_GROUP_MIN_IN_DEGREE else "random"
+
     @property
     def membranes(self) -> tuple[Membrane, ...]:
         """Per membrane: id, tree path, level, parent id, units, first unit, time constant τ."""
@@ -279,23 +332,32 @@ class DTESN:
 
     # -- building and running ------------------------------------------------------------
 
-    def _ensure_reservoir(self, d_in: int) -> Reservoir:
-        """The reservoir for the current parameters, (re)built when they or d_in changed."""
+    def _ensure_reservoir(
+        self, d_in: int, input_stats: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Reservoir:
+        """The reservoir for the current parameters, (re)built when they or d_in changed, or
+        when ``input_stats`` (fit's (mean, scale) of the inputs) differ from the built ones."""
         key = self._reservoir_key()
-        if getattr(self, "_built_key", None) != key or self.n_features_in_ != d_in:
+        built_stats = getattr(self, "_built_stats", None)
+        restandardise = input_stats is not None and not _same_stats(input_stats, built_stats)
+        if getattr(self, "_built_key", None) != key or self.n_features_in_ != d_in or restandardise:
             self._check_params()
             mem = self.membranes
+            params = {k: getattr(self, k) for k in _WEIGHT_PARAMS}
+            params["weights"] = self.weights_layout()
             W, W_in, b = build_weights(
-                mem,
-                d_in,
-                spectral_radius_target=self.spectral_radius,
-                **{k: getattr(self, k) for k in _WEIGHT_PARAMS},
+                mem, d_in, spectral_radius_target=self.spectral_radius, **params
             )
+            if input_stats is not None:  # W_in·(u − μ)/σ + b = (W_in/σ)·u + (b − (W_in/σ)·μ)
+                mean, scale = input_stats
+                W_in = W_in / scale
+                b = b - W_in @ mean
             leak = np.concatenate([np.full(m.units, self.dt / m.tau) for m in mem])
             self._install(mem, W, W_in, b, leak, key)
+            self._built_stats = input_stats
             for attr in ("readout_", "n_outputs_"):  # a readout of other weights is void
                 self.__dict__.pop(attr, None)
-        elif (self.reservoir_.backend, self.reservoir_.n_jobs) != (self.backend, self.n_jobs):
+        elif (self.reservoir_.backend, self.reservoir_.n_jobs) != (self.backend, self._jobs()):
             # speed only: same weights, same readout
             self._check_params()
             res = self.reservoir_
@@ -304,12 +366,23 @@ class DTESN:
 
     def _install(self, mem, W, W_in, b, leak, key: str) -> None:
         self.membranes_ = mem
-        keys = ("activation", "dtype", "matrix_format", "backend", "n_jobs")
+        keys = ("activation", "dtype", "matrix_format", "backend")
         runtime = {k: getattr(self, k) for k in keys}
+        runtime["n_jobs"] = self._jobs()
         tableau, substeps = self._tableau(), self._substeps()
         self.reservoir_ = Reservoir(W, W_in, b, leak, tableau=tableau, substeps=substeps, **runtime)
         self.n_features_in_ = W_in.shape[1]
         self._built_key = key
+
+    def _input_stats(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, scale) per input column over every row of ``batch`` for
+        ``input_norm="standard"`` (scale = the standard deviation; 1 for a constant column)."""
+        if self.input_norm == "none":
+            return None
+        rows = np.concatenate([batch.data[b, r] for b, r in batch.pieces(0)])
+        mean = rows.mean(axis=0)
+        std = rows.std(axis=0)
+        return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
 
     def _states(self, batch: _Batch, initial_state: np.ndarray | None) -> np.ndarray:
         res = self._ensure_reservoir(batch.width)
@@ -371,7 +444,15 @@ class DTESN:
         return batch.unpack(self._states(batch, initial_state))
 
     def fit(self, X: Any, Y: Any, warmup: int = 100) -> DTESN:
-        """Ridge readout on [1, u, x] over all rows after the first ``warmup`` of each sequence."""
+        """Ridge readout on [1, u, x] over all rows after the first ``warmup`` of each sequence.
+
+        With ``ridge="auto"`` the ridge is chosen on held-out training rows first (the last
+        20 % of each sequence's rows after the warm-up, or the last 20 % of the sequences
+        when there are five or more): the readout of every ridge on a log grid is fitted on
+        the other rows and scored on those (``readout.ridge_path``, one eigendecomposition),
+        then the best is refitted on all rows. ``ridge_`` is the ridge used; ``ridge_path_``
+        the (ridge, holdout MSE) pairs. The states are computed once either way.
+        """
         batch = _Batch(X)
         target = _Batch(Y, "Y", like=batch)
         if warmup < 0 or batch.lengths.max() <= warmup:
@@ -379,35 +460,84 @@ class DTESN:
                 f"warmup={warmup} leaves no training rows (longest sequence is "
                 f"{batch.lengths.max()})"
             )
-        ridge, regularize_bias = self.ridge, self.regularize_bias
+        auto = isinstance(self.ridge, str)
+        self._check_params()
+        self._ensure_reservoir(batch.width, self._input_stats(batch))
+        ridge = 0.0 if auto else float(self.ridge)
+        regularize_bias = self.regularize_bias
+        # Row ranges per sequence (sorted order): training rows [warmup, cut), holdout rows
+        # [cut, length). Without "auto" nothing is held out (cut = length).
+        ends = batch.lengths
+        cuts = ends.copy()
+        if auto:
+            cuts = self._holdout_cuts(batch, warmup)
 
-        def normal_equations(t0: int, S: np.ndarray) -> RidgeReadout | None:
-            """One window's share of the normal equations (None: no training rows)."""
-            k, L = S.shape[:2]
-            lo = np.clip(warmup - t0, 0, L)
-            hi = np.clip(batch.lengths[:k] - t0, 0, L)
-            if hi[0] <= lo:
-                return None
-            part = RidgeReadout(ridge, regularize_bias=regularize_bias)
-            U, Y = batch.data[:k, t0 : t0 + L], target.data[:k, t0 : t0 + L]
-            if hi[-1] == hi[0]:  # every sequence contributes the same rows: one product
-                rows = slice(lo, hi[0])
+        def accumulate(part, t0, U, S, Y, lo, hi) -> bool:
+            """Rows [lo_b, hi_b) (window-relative) of each sequence into ``part``."""
+            k = S.shape[0]
+            if not np.any(hi > lo):
+                return False
+            if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one product for all
+                rows = slice(int(lo[0]), int(hi[0]))
                 flat = [a[:, rows].reshape(-1, a.shape[-1]) for a in (U, S, Y)]
-                return part.accumulate(flat[:2], flat[2])
+                part.accumulate(flat[:2], flat[2])
+                return True
             for b in range(k):
-                if hi[b] > lo:
-                    rows = slice(lo, hi[b])
+                if hi[b] > lo[b]:
+                    rows = slice(int(lo[b]), int(hi[b]))
                     part.accumulate([U[b, rows], S[b, rows]], Y[b, rows])
-            return part
+            return True
 
-        readout = RidgeReadout(ridge, regularize_bias=regularize_bias)
+        def normal_equations(t0: int, S: np.ndarray):
+            """One window's share of the normal equations: (training, holdout) parts."""
+            k, L = S.shape[:2]
+            U, Y = batch.data[:k, t0 : t0 + L], target.data[:k, t0 : t0 + L]
+            start = np.full(k, np.clip(warmup - t0, 0, L))
+            cut = np.clip(cuts[:k] - t0, 0, L)
+            stop = np.clip(ends[:k] - t0, 0, L)
+            train = RidgeReadout(ridge, regularize_bias=regularize_bias)
+            held = RidgeReadout(ridge, regularize_bias=regularize_bias)
+            has_train = accumulate(train, t0, U, S, Y, start, np.maximum(start, cut))
+            has_held = auto and accumulate(held, t0, U, S, Y, np.maximum(start, cut), stop)
+            return (train if has_train else None), (held if has_held else None)
+
+        train = RidgeReadout(ridge, regularize_bias=regularize_bias)
+        held = RidgeReadout(ridge, regularize_bias=regularize_bias)
         # one thread integrates (share_rows=False): the other forms normal equations meanwhile
-        for part in self._windows(batch, None, normal_equations, share_rows=False):
+        for part, part_held in self._windows(batch, None, normal_equations, share_rows=False):
             if part is not None:
-                readout.merge(part)  # in window order: the same sums whoever computed them
-        self.readout_ = readout.solve()
+                train.merge(part)  # in window order: the same sums whoever computed them
+            if part_held is not None:
+                held.merge(part_held)
+        if auto:
+            self.ridge_path_ = None
+            if train.n_samples_ >= 2 and held.n_samples_ >= 1:
+                best, path = ridge_path(train, held)
+                self.ridge_path_ = path
+                # the same penalty per row on all rows as on the training part
+                ridge = best * (train.n_samples_ + held.n_samples_) / train.n_samples_
+            else:  # too few rows to hold any out: a small ridge relative to the features
+                ridge = _FALLBACK_RIDGE
+            train.merge(held)
+            train.ridge = float(ridge)
+        self.ridge_ = float(ridge)
+        self.readout_ = train.solve()
         self.n_outputs_ = target.width
         return self
+
+    def _holdout_cuts(self, batch: _Batch, warmup: int) -> np.ndarray:
+        """Per sequence (sorted order), the first row held out by ``ridge="auto"``."""
+        lengths = batch.lengths
+        B = len(lengths)
+        if B >= 5:  # whole sequences: the last ones in the caller's order
+            n_held = max(1, round(_AUTO_RIDGE_HOLDOUT * B))
+            held = set(range(B - n_held, B))
+            original = batch.order  # sorted position i holds the caller's sequence order[i]
+            return np.array(
+                [min(warmup, L) if original[i] in held else L for i, L in enumerate(lengths)]
+            )
+        usable = np.maximum(lengths - warmup, 0)
+        return lengths - np.floor(_AUTO_RIDGE_HOLDOUT * usable).astype(lengths.dtype)
 
     def partial_fit(
         self, X: Any, Y: Any, warmup: int = 0, *, initial_state: np.ndarray | None = None
@@ -419,12 +549,16 @@ class DTESN:
         """
         batch = _Batch(X)
         target = _Batch(Y, "Y", like=batch)
+        if not hasattr(self, "readout_"):  # the first fit: standardise on this data
+            self._check_params()
+            self._ensure_reservoir(batch.width, self._input_stats(batch))
         S = self._states(batch, initial_state)
         readout = getattr(self, "readout_", None)
         if isinstance(readout, RidgeReadout):
             readout = RLSReadout.from_ridge(readout, forgetting=self.forgetting)
         elif readout is None:
-            delta = self.rls_delta if self.rls_delta is not None else max(self.ridge, 1e-12)
+            ridge = _FALLBACK_RIDGE if isinstance(self.ridge, str) else float(self.ridge)
+            delta = self.rls_delta if self.rls_delta is not None else max(ridge, 1e-12)
             readout = RLSReadout(
                 batch.width + self.units, target.width, forgetting=self.forgetting, delta=delta
             )
@@ -533,6 +667,9 @@ class DTESN:
             "leak": res.leak,
         }
         arrays.update({f"readout_{k}": v for k, v in ro_arrays.items()})
+        stats = getattr(self, "_built_stats", None)
+        if stats is not None:  # already folded into W_in and bias; kept for refits
+            arrays["input_mean"], arrays["input_scale"] = stats
         blob = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
         with open(path, "wb") as f:  # a file object: np.savez would otherwise append ".npz"
             np.savez(f, config=blob, **arrays)
@@ -559,7 +696,11 @@ class DTESN:
         N = a["W_in"].shape[0]
         W = sps.csr_array((a["W_data"], a["W_indices"], a["W_indptr"]), shape=(N, N))
         model._install(model.membranes, W, a["W_in"], a["bias"], a["leak"], model._reservoir_key())
+        if "input_mean" in a:
+            model._built_stats = (a["input_mean"], a["input_scale"])
         ro = {k.removeprefix("readout_"): v for k, v in a.items() if k.startswith("readout_")}
         model.readout_ = readout_from_state(config["readout"], ro)
+        if hasattr(model.readout_, "ridge"):
+            model.ridge_ = model.readout_.ridge
         model.n_outputs_ = config["n_outputs"]
         return model

@@ -19,7 +19,14 @@ import numpy as np
 import scipy.linalg as sla
 from scipy.linalg import blas
 
-__all__ = ["RLSReadout", "RidgeReadout", "readout_from_state"]
+__all__ = [
+    "RIDGE_GRID",
+    "RLSReadout",
+    "RidgeReadout",
+    "holdout_errors",
+    "readout_from_state",
+    "ridge_path",
+]
 
 _CHUNK_BYTES = 32 * 2**20  # float64 working set per chunk when blocks must be converted
 
@@ -87,6 +94,7 @@ class RidgeReadout:
         if self.n_samples_ == 0:
             self.gram_ = np.zeros((F, F))
             self.xty_ = np.zeros((F, Y.shape[1]))
+            self.yty_ = np.zeros(Y.shape[1])  # Σ y² per target column (holdout errors)
             self._widths = widths
         elif widths != self._widths or Y.shape[1] != self.xty_.shape[1]:
             raise ValueError("feature/target widths changed between accumulate() calls")
@@ -102,6 +110,7 @@ class RidgeReadout:
             y = np.asarray(Y[s : s + step], dtype=np.float64)
             G[0, 0] += y.shape[0]
             R[0] += y.sum(axis=0)
+            self.yty_ += np.einsum("ij,ij->j", y, y)
             for i, bi in enumerate(bs):
                 G[0, e[i] : e[i + 1]] += bi.sum(axis=0)
                 G[e[i] : e[i + 1], e[i] : e[i + 1]] += bi.T @ bi  # numpy uses syrk here
@@ -117,19 +126,24 @@ class RidgeReadout:
             return self
         if self.n_samples_ == 0:
             self.gram_, self.xty_ = other.gram_.copy(), other.xty_.copy()
+            self.yty_ = other.yty_.copy()
             self._widths = other._widths
         elif other._widths != self._widths or other.xty_.shape != self.xty_.shape:
             raise ValueError("feature/target widths differ between the merged readouts")
         else:
             self.gram_ += other.gram_
             self.xty_ += other.xty_
+            self.yty_ += other.yty_
         self.n_samples_ += other.n_samples_
         return self
 
+    def _symmetric_gram(self) -> np.ndarray:
+        G = np.triu(self.gram_)
+        return G + np.triu(G, 1).T
+
     def _system(self) -> np.ndarray:
         """The regularised normal matrix G + ridge·D, symmetric (upper blocks mirrored)."""
-        G = np.triu(self.gram_)
-        G = G + np.triu(G, 1).T
+        G = self._symmetric_gram()
         d = np.full(G.shape[0], self.ridge)
         if not self.regularize_bias:
             d[0] = 0.0
@@ -170,6 +184,79 @@ class RidgeReadout:
             "widths": self._widths,
         }
         return meta, {"coef": self.coef_, "gram": self.gram_, "xty": self.xty_}
+
+
+RIDGE_GRID = 10.0 ** np.arange(-12.0, 1.01, 0.5)  # relative to the mean feature variance
+_EIGH_MAX = 2500  # features up to which the whole path comes from one eigendecomposition
+
+
+def holdout_errors(coef: np.ndarray, holdout: RidgeReadout) -> np.ndarray:
+    """Σ over ``holdout``'s rows of (y − φ·coef)², per target column, from its accumulated
+    sums alone (Σy², Φᵀy, ΦᵀΦ): the rows themselves are never needed again."""
+    G = holdout._symmetric_gram()
+    return (
+        holdout.yty_
+        - 2.0 * np.einsum("ij,ij->j", coef, holdout.xty_)
+        + np.einsum("ij,ij->j", coef, G @ coef)
+    )
+
+
+def ridge_path(
+    train: RidgeReadout, holdout: RidgeReadout, grid: np.ndarray = RIDGE_GRID
+) -> tuple[float, list[tuple[float, float]]]:
+    """The ridge whose readout, fitted on ``train``'s rows, has the least squared error on
+    ``holdout``'s rows; and (ridge, holdout MSE summed over the target columns) per ridge.
+
+    Ridges are ``grid`` × the mean variance of the features on the training rows, so the
+    choice does not depend on their units. With the intercept unpenalised (the default) the
+    features and targets are centred on the training rows, which makes the intercept drop
+    out exactly; one eigendecomposition of the centred Gram matrix V·Λ·Vᵀ then gives every
+    ridge's coefficients, V·diag(1/(Λ + λ))·Vᵀ·Φᵀy, at the cost of matrix products (above
+    ``_EIGH_MAX`` features, a Cholesky solve per ridge of every other grid point instead).
+    """
+    if train.n_samples_ < 2 or holdout.n_samples_ < 1:
+        raise ValueError("ridge_path needs training and holdout rows")
+    G, R = train._symmetric_gram(), train.xty_
+    n = G[0, 0]
+    if train.regularize_bias:
+        lo, mu, ybar = 0, None, None
+        A, B = G, R
+    else:  # centre: the intercept is then ybar − μ·w, its row of the system drops out
+        lo = 1
+        mu = G[0, 1:] / n
+        ybar = R[0] / n
+        A = G[1:, 1:] - n * np.outer(mu, mu)
+        B = R[1:] - n * np.outer(mu, ybar)
+    scale = max(float(np.trace(A)) / max(A.shape[0], 1), 1e-300)
+    ridges = np.asarray(grid, float) * scale
+    F = A.shape[0]
+
+    def coefficients(w: np.ndarray) -> np.ndarray:
+        if lo == 0:
+            return w
+        return np.vstack([ybar - mu @ w, w])
+
+    table = []
+    if F <= _EIGH_MAX:
+        lam, V = np.linalg.eigh(A)
+        lam = np.maximum(lam, 0.0)  # rounding can leave tiny negative eigenvalues
+        Q = V.T @ B
+        for r in ridges:
+            w = V @ (Q / (lam + r)[:, None])
+            table.append((float(r), float(holdout_errors(coefficients(w), holdout).sum())))
+    else:
+        for r in ridges[::2]:
+            M = A.copy()
+            M[np.diag_indices_from(M)] += r
+            try:
+                w = sla.cho_solve(sla.cho_factor(M, check_finite=False), B, check_finite=False)
+            except np.linalg.LinAlgError:
+                continue
+            table.append((float(r), float(holdout_errors(coefficients(w), holdout).sum())))
+    table = [(r, e / holdout.n_samples_) for r, e in table]
+    finite = [row for row in table if np.isfinite(row[1])]
+    best = min(finite, key=lambda row: row[1])[0] if finite else float(ridges[len(ridges) // 2])
+    return best, table
 
 
 class RLSReadout:

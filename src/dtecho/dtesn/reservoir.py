@@ -35,7 +35,14 @@ try:  # y += A·x for CSR without allocating; scipy's private kernel behind csr 
 except ImportError:  # pragma: no cover - only if scipy moves it; the public path still works
     _csr_matvec = None
 
-__all__ = ["ESPReport", "Reservoir", "build_weights", "row_groups", "spectral_radius"]
+__all__ = [
+    "INITIALISERS",
+    "ESPReport",
+    "Reservoir",
+    "build_weights",
+    "row_groups",
+    "spectral_radius",
+]
 
 
 @functools.cache
@@ -105,9 +112,11 @@ def _sparse_rows(
     *,
     group: int = 1,
     row0: int = 0,
+    init: str = "normal",
 ):
-    """COO triplets with exactly k = max(1, round(connectivity·cols)) N(0, scale²) entries per
-    row (fixed in-degree: no unit is left without recurrent input, even in tiny membranes).
+    """COO triplets with exactly k = max(1, round(connectivity·cols)) entries per row, drawn
+    from ``init`` (N(0, 1), U[−1, 1] or ±1) times ``scale`` (fixed in-degree: no unit is
+    left without recurrent input, even in tiny membranes).
 
     ``group`` > 1: the rows whose network index (``row0`` + local row) falls in the same
     aligned group of ``group`` units draw their k columns once, together (the values stay
@@ -129,7 +138,19 @@ def _sparse_rows(
             picks.append(np.tile(pick, n))
         c = np.concatenate(picks)
     r = np.repeat(np.arange(rows), k)
-    return r, c, rng.standard_normal(rows * k) * scale
+    return r, c, _draw(rng, init, rows * k) * scale
+
+
+INITIALISERS = ("uniform", "normal", "bernoulli")
+
+
+def _draw(rng: np.random.Generator, init: str, size: int | tuple[int, ...]) -> np.ndarray:
+    """Entries of a weight array: "uniform" U[−1, 1], "normal" N(0, 1), "bernoulli" ±1."""
+    if init == "normal":
+        return rng.standard_normal(size)
+    if init == "uniform":
+        return rng.uniform(-1.0, 1.0, size=size)
+    return np.where(rng.random(size) < 0.5, -1.0, 1.0)
 
 
 def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -179,6 +200,10 @@ def build_weights(
     input_to: str,
     weights: str,
     seed: int,
+    input_init: str = "uniform",
+    recurrent_init: str = "normal",
+    bias_init: str = "uniform",
+    bias_connectivity: float = 1.0,
 ) -> tuple[sps.csr_array, np.ndarray, np.ndarray]:
     """(W, W_in, b) for the network, float64: W (N, N) CSR, W_in (N, input_dim), b (N,).
 
@@ -195,7 +220,20 @@ def build_weights(
     (radius exactly max = 1 before scaling); with feedback it is computed on the whole W.
     A ``"grouped"`` W is finally rounded to float32 numbers (relative change < 6e-8), which
     the compiled float64 loops read as float32 (``Reservoir._value_dtype``).
+
+    Distributions (``INITIALISERS``): ``recurrent_init`` draws the recurrent and coupling
+    values ("normal" N(0, 1), "uniform" U[−1, 1], "bernoulli" ±1; the scale does not matter,
+    the radius is normalised), ``input_init`` the entries of W_in before ``input_scaling``
+    and ``bias_init`` those of b before ``bias_scaling``; an input (bias) entry is kept with
+    probability ``input_connectivity`` (``bias_connectivity``).
     """
+    for name, value in (
+        ("input_init", input_init),
+        ("recurrent_init", recurrent_init),
+        ("bias_init", bias_init),
+    ):
+        if value not in INITIALISERS:
+            raise ValueError(f"{name} must be one of {', '.join(INITIALISERS)}, got {value!r}")
     N = membranes[-1].stop
     group = ROW_GROUP if weights == "grouped" else 1
     streams = np.random.SeedSequence(seed).spawn(len(membranes))
@@ -214,7 +252,9 @@ def build_weights(
             r, c = np.nonzero(np.ones((n, n), dtype=bool))
             v = block.ravel()
         else:
-            r, c, v = _sparse_rows(r_rec, n, n, connectivity, 1.0, group=group, row0=s0)
+            r, c, v = _sparse_rows(
+                r_rec, n, n, connectivity, 1.0, group=group, row0=s0, init=recurrent_init
+            )
             rho = spectral_radius(sps.csr_array((v, (r, c)), shape=(n, n)))
             if rho > 0:  # a nilpotent draw (possible only for tiny blocks) stays as drawn
                 v = v / rho
@@ -227,22 +267,39 @@ def build_weights(
             if coupling:  # rows of this membrane, columns of its parent
                 k = _in_degree(connectivity, p.units)
                 r, c, v = _sparse_rows(
-                    r_c, n, p.units, connectivity, coupling / np.sqrt(k), group=group, row0=s0
+                    r_c,
+                    n,
+                    p.units,
+                    connectivity,
+                    coupling / np.sqrt(k),
+                    group=group,
+                    row0=s0,
+                    init=recurrent_init,
                 )
                 rows.append(r + s0), cols.append(c + p.start), vals.append(v)
             if feedback:  # rows of the parent, columns of this membrane
                 k = _in_degree(connectivity, n)
                 r, c, v = _sparse_rows(
-                    r_c, p.units, n, connectivity, feedback / np.sqrt(k), group=group, row0=p.start
+                    r_c,
+                    p.units,
+                    n,
+                    connectivity,
+                    feedback / np.sqrt(k),
+                    group=group,
+                    row0=p.start,
+                    init=recurrent_init,
                 )
                 rows.append(r + p.start), cols.append(c + s0), vals.append(v)
         if input_to == "all" or m.parent is None:
-            w = r_in.uniform(-1.0, 1.0, size=(n, input_dim)) * scale_in
+            w = _draw(r_in, input_init, (n, input_dim)) * scale_in
             if input_connectivity < 1.0:
                 w *= r_in.random((n, input_dim)) < input_connectivity
             W_in[s0 : s0 + n] = w
         if bias_scaling:
-            bias[s0 : s0 + n] = r_b.uniform(-1.0, 1.0, size=n) * bias_scaling
+            b = _draw(r_b, bias_init, n) * bias_scaling
+            if bias_connectivity < 1.0:
+                b *= r_b.random(n) < bias_connectivity
+            bias[s0 : s0 + n] = b
     W = sps.csr_array(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(N, N)
     )

@@ -1,0 +1,266 @@
+"""Which defaults should ``DTESN(units=…)`` have? A cross-task study on validation data.
+
+Every candidate (a set of constructor arguments; ``units`` and ``seed`` aside) is fitted on
+every task of ``_tasks.suite`` (Mackey–Glass free run, NARMA10 and NARMA30, Lorenz and
+Rössler one and ten steps ahead, memory capacity, a sequence classification), at several
+reservoir sizes and network seeds (data seed = network seed, so a seed varies both), and
+scored on the task's validation rows; there is no test set, nothing here is a final score.
+ReservoirPy 0.4.2 at *its* defaults (``ESN(units=N, seed=s)``: lr 1, sr 1, ridge 0, Win
+Bernoulli with input connectivity 0.1, the readout on the states) runs the same tasks,
+sizes and seeds as the reference.
+
+Ranking: per task, candidates are ranked by their mean score over sizes and seeds; a
+candidate's overall rank is its mean rank over tasks (every task counts the same whatever
+its error scale). For the chosen defaults the table gives, per task, the mean score of
+both libraries and the paired difference (DTESN − ReservoirPy over the same size, seed and
+data) with its standard error.
+
+    python benchmarks/defaults_study.py [--quick] [--sizes 100 500] [--seeds 3]
+        [--candidates NAME ...] [--tune-trials N]
+
+``--tune-trials N`` adds the search comparison: ``DTESN.tune`` and ReservoirPy's
+``hyper`` search (hyperopt TPE over lr, sr, input scaling and ridge) with the same budget
+of N trials, each on the task's training rows (their own time-ordered validation split),
+scored on the task's validation rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import pin_threads  # noqa: E402
+
+THREADS = pin_threads()
+
+import itertools  # noqa: E402
+import warnings  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from _common import arg_parser, machine_info, print_table, write_json  # noqa: E402
+from _tasks import Task, suite  # noqa: E402
+
+from dtecho.dtesn import DTESN  # noqa: E402
+
+# The defaults before this study (explicit, so the row survives a change of defaults).
+OLD_DEFAULTS = {
+    "spectral_radius": 0.9,
+    "leak_rate": 0.3,
+    "input_scaling": 1.0,
+    "bias_scaling": 0.0,
+    "connectivity": 0.1,
+    "input_connectivity": 1.0,
+    "ridge": 1e-8,
+    "input_norm": "none",
+    "weights": "random",
+}
+
+
+def candidates() -> dict[str, dict[str, Any]]:
+    """name → constructor arguments. "defaults" is ``DTESN(units=N, seed=s)`` as shipped;
+    the grid varies the settings a user would otherwise tune, the ridge chosen by "auto"."""
+    out: dict[str, dict[str, Any]] = {"defaults": {}, "old_defaults": dict(OLD_DEFAULTS)}
+    grid = itertools.product(
+        (0.9, 1.0, 1.2),  # spectral radius
+        (0.3, 0.6, 1.0),  # leak
+        (0.3, 1.0),  # input scaling
+        (0.0, 0.5),  # bias scaling
+        ("uniform", "bernoulli"),  # input weights
+    )
+    for sr, leak, scale, bias, init in grid:
+        name = f"sr{sr}_lr{leak}_in{scale}_b{bias}_{init[0]}"
+        out[name] = {
+            "spectral_radius": sr,
+            "leak_rate": leak,
+            "input_scaling": scale,
+            "bias_scaling": bias,
+            "input_init": init,
+            "ridge": "auto",
+        }
+    return out
+
+
+# -- running one candidate on one task ---------------------------------------------------
+
+
+def _validation_inputs(task: Task) -> Any:
+    """Teacher-forced tasks run the training and validation inputs as one series (the
+    validation rows continue from the training state); classification runs each sequence."""
+    if task.kind == "teacher":
+        return np.concatenate([task.X, task.X_val])
+    return task.X_val
+
+
+def _validation_part(task: Task, predicted: Any) -> Any:
+    if task.kind == "teacher":
+        return predicted[len(task.X) :]
+    return predicted
+
+
+def dtesn_score(task: Task, params: dict[str, Any], units: int, seed: int) -> float:
+    """Fit a DTESN with ``params`` on the task's training part, score on validation."""
+    model = DTESN(units=units, seed=seed, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(task.X, task.Y, warmup=task.warmup)
+        if task.kind == "freerun":
+            predicted = model.generate(task.horizon, warmup=task.X_val)
+        else:
+            predicted = _validation_part(task, model.predict(_validation_inputs(task)))
+    return _finite(task, predicted)
+
+
+def _finite(task: Task, predicted: Any) -> float:
+    with np.errstate(all="ignore"):
+        return task.score(predicted)  # a diverged run scores the task's cap
+
+
+def reservoirpy_score(task: Task, units: int, seed: int, **params: Any) -> float:
+    """ReservoirPy's ``ESN(units=…)`` (its defaults, unless ``params`` override them)."""
+    from reservoirpy.esn import ESN
+
+    esn = ESN(units=units, seed=seed, **params)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        esn.fit(task.X, task.Y, warmup=task.warmup)
+        if task.kind == "freerun":
+            esn.reset()
+            u = esn.run(task.X_val)[-1]
+            out = [u]
+            for _ in range(task.horizon - 1):
+                u = esn(u)
+                out.append(u)
+            predicted = np.asarray(out)
+        elif task.kind == "teacher":
+            esn.reset()
+            predicted = _validation_part(task, esn.run(_validation_inputs(task)))
+        else:
+            predicted = []
+            for x in task.X_val:
+                esn.reset()
+                predicted.append(esn.run(x))
+    return _finite(task, predicted)
+
+
+# -- the study -----------------------------------------------------------------------------
+
+
+def run_grid(
+    names: list[str], sizes: list[int], seeds: list[int], jobs: int
+) -> tuple[list[dict[str, Any]], dict[str, list[Task]]]:
+    """Scores of every (candidate, task, size, seed), ReservoirPy's defaults included."""
+    cands = candidates()
+    tasks = {seed: suite(seed) for seed in seeds}
+    work = []
+    for seed, size, i in itertools.product(seeds, sizes, range(len(tasks[seeds[0]]))):
+        task = tasks[seed][i]
+        work.append(("reservoirpy", task, size, seed, None))
+        work.extend((name, task, size, seed, cands[name]) for name in names)
+
+    def one(item: tuple) -> dict[str, Any]:
+        name, task, size, seed, params = item
+        t0 = time.perf_counter()
+        if params is None:
+            score = reservoirpy_score(task, size, seed)
+        else:
+            score = dtesn_score(task, params, size, seed)
+        return {
+            "candidate": name,
+            "task": task.name,
+            "family": task.family,
+            "units": size,
+            "seed": seed,
+            "score": score,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    with ThreadPoolExecutor(jobs) as pool:  # the compiled loops and BLAS release the GIL
+        rows = list(pool.map(one, work))
+    return rows, tasks
+
+
+def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean rank over tasks of each candidate's mean score (1 = best)."""
+    names = sorted({r["candidate"] for r in rows})
+    task_names = list(dict.fromkeys(r["task"] for r in rows))
+    means = {
+        (n, t): float(np.mean([r["score"] for r in rows if r["candidate"] == n and r["task"] == t]))
+        for n in names
+        for t in task_names
+    }
+    ranks: dict[str, list[float]] = {n: [] for n in names}
+    for t in task_names:
+        order = sorted(names, key=lambda n: means[n, t])
+        for position, n in enumerate(order, 1):
+            ranks[n].append(position)
+    table = []
+    for n in names:
+        row: dict[str, Any] = {"candidate": n, "mean_rank": float(np.mean(ranks[n]))}
+        row.update({t: means[n, t] for t in task_names})
+        table.append(row)
+    table.sort(key=lambda r: r["mean_rank"])
+    return table
+
+
+def paired(rows: list[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
+    """Per task: mean score of ``a`` and ``b`` and the paired difference a − b ± its SE."""
+    out = []
+    for t in dict.fromkeys(r["task"] for r in rows):
+        key = lambda r: (r["units"], r["seed"])  # noqa: E731
+        sa = {key(r): r["score"] for r in rows if r["candidate"] == a and r["task"] == t}
+        sb = {key(r): r["score"] for r in rows if r["candidate"] == b and r["task"] == t}
+        common = sorted(set(sa) & set(sb))
+        d = np.array([sa[k] - sb[k] for k in common])
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out.append(
+            {
+                "task": t,
+                a: float(np.mean([sa[k] for k in common])),
+                b: float(np.mean([sb[k] for k in common])),
+                "diff": float(d.mean()),
+                "se": se,
+                "wins": int(np.sum(d < 0)),
+                "runs": len(d),
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arg_parser(__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--candidates", nargs="+", default=None)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    sizes = [50] if args.quick else args.sizes
+    seeds = list(range(1 if args.quick else args.seeds))
+    names = args.candidates or list(candidates())
+    t0 = time.perf_counter()
+    rows, _ = run_grid(names, sizes, seeds, args.jobs)
+    ranking = rank(rows)
+    tasks = [k for k in ranking[0] if k not in ("candidate", "mean_rank")]
+    print_table(ranking, ["candidate", "mean_rank", *tasks], title="mean validation score")
+    comparison = paired(rows, "defaults", "reservoirpy")
+    cols = ["task", "defaults", "reservoirpy", "diff", "se", "wins", "runs"]
+    print_table(comparison, cols, title="defaults vs ReservoirPy's defaults (paired)")
+    payload = {
+        "machine": machine_info(THREADS),
+        "sizes": sizes,
+        "seeds": seeds,
+        "candidates": {n: candidates()[n] for n in names},
+        "ranking": ranking,
+        "defaults_vs_reservoirpy": comparison,
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+    }
+    print("wrote", write_json("defaults_study", payload, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
