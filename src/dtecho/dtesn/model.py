@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sps
@@ -24,6 +24,9 @@ from ._pipeline import overlapped
 from .membranes import Membrane, build_membranes
 from .readout import RidgeReadout, RLSReadout, readout_from_state, ridge_path
 from .reservoir import INITIALISERS, ROW_GROUP, ESPReport, Reservoir, build_weights
+
+if TYPE_CHECKING:
+    from .search import TuneResult
 
 __all__ = ["DTESN", "NotFittedError"]
 
@@ -627,6 +630,19 @@ class DTESN:
         """Echo-state diagnostics of the built reservoir (see reservoir.ESPReport)."""
         d_in = getattr(self, "n_features_in_", None) or 1
         return self._ensure_reservoir(d_in).esp_check(n_steps, **kw)
+
+    def tune(self, X: Any, Y: Any, **kw: Any) -> TuneResult:
+        """Search this model's settings on forward-chaining validation folds, set the best on
+        it and fit it on all of X, Y (``dtecho.dtesn.search.search``, whose keyword
+        arguments ``kw`` takes: ``n_trials``, ``folds``, ``warmup``, ``seed``, ``space`` …).
+        Parameters set to other values than the constructor's defaults (``units`` …) stay
+        fixed. Returns the ``TuneResult``, whose ``model`` is this instance:
+        ``model, table = DTESN(units=200).tune(X, Y)``."""
+        from .search import search  # the search imports this module (and Optuna, lazily)
+
+        result = search(X, Y, base=self, refit=False, **kw)
+        self.set_params(**{k: v for k, v in result.params.items() if k in self.get_params()})
+        return result.with_model(self.fit(X, Y, warmup=result.warmup))
 
     # -- persistence -------------------------------------------------------------------
 
