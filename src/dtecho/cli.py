@@ -37,6 +37,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_train_lm_arguments(train_lm)
 
+    tune = commands.add_parser(
+        "tune", help="search DTESN settings for a CSV time series and fit the best"
+    )
+    from dtecho.tuning import add_tune_arguments
+
+    add_tune_arguments(tune)
+
     from dtecho.benchcompare.cli import add_bench_parser
     from dtecho.observability.cli import add_slo_parser
     from dtecho.security.cli import add_keys_parser
@@ -122,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dtecho.observability.cli import run_slo
 
             return run_slo(args, _settings_from(args))
+        if args.command == "tune":
+            from dtecho.tuning import run_tune
+
+            return run_tune(args)
         if args.command == "train-lm":
             from dtecho.training import run_train_lm
 
