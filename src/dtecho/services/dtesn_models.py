@@ -1,6 +1,8 @@
 """Trainable DTESN models: train (foreground or as a background job), predict, forecast,
 update online with recursive least squares, list and delete — persisted in a
-:class:`~dtecho.services.model_store.ModelStore`.
+:class:`~dtecho.services.model_store.ModelStore`. With ``"config": "auto"`` the training job
+first searches the settings (:func:`dtecho.dtesn.search.search`), reporting each trial in the
+record's ``progress``; :meth:`ModelService.events` streams a job's progress until it ends.
 
 Predictions go through a :class:`~dtecho.batching.micro.MicroBatcher` when batching is
 enabled, keyed by (model id, version, horizon): concurrent predictions on one model version
@@ -26,11 +28,20 @@ from dtecho.batching.micro import BatchObserver, batcher_from_settings
 from dtecho.config import BatchingSettings
 from dtecho.dtesn import DTESN
 from dtecho.dtesn.reservoir import Reservoir
-from dtecho.errors import Conflict, InvalidRequest, PayloadTooLarge
+from dtecho.dtesn.search import DEFAULT_SPACE, TrialProgress, check_folds, search
+from dtecho.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from dtecho.services.model_store import ModelStore, new_model_id
-from dtecho.wire.dtesn import ModelConfig, TrainRequest
+from dtecho.wire.dtesn import ModelConfig, TrainRequest, TuneOptions
 
-__all__ = ["ModelService", "batch_reservoir", "nrmse", "parse_table", "predict_many"]
+__all__ = [
+    "ModelService",
+    "batch_reservoir",
+    "config_from_form",
+    "nrmse",
+    "parse_table",
+    "predict_many",
+    "tune_from_form",
+]
 
 BACKGROUND_WORK = 20_000_000  # rows × units above which training runs as a background job
 MAX_TRAINING_ROWS = 1_000_000
@@ -38,6 +49,11 @@ PREVIEW_ROWS = 200
 STREAM_CHUNK = 256  # rows per streamed predictions/forecast event
 PREDICT_STEPS = 256  # time steps per reservoir call in predict_many: a fixed grid
 PREDICT_GROUP_BYTES = 32 * 2**20  # states held at once by predict_many (sequences per group)
+EVENTS_POLL_SECONDS = 0.1  # how often an events stream looks at the job's record
+EVENTS_HEARTBEAT_SECONDS = 15.0  # an SSE comment this often keeps idle proxies from closing
+# The ModelConfig fields the search chooses (a "tree" choice sets depth or tree); the others
+# stay at ModelConfig's defaults, so the finished record's config rebuilds the same model.
+_SEARCHED = {*DEFAULT_SPACE, "depth"}
 
 
 def nrmse(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -164,6 +180,10 @@ def _estimator(config: ModelConfig) -> DTESN:
     return DTESN(**config.model_dump())
 
 
+class _Interrupted(Exception):
+    """Raised in a search's progress callback when the service closes: ends the search."""
+
+
 class ModelService:
     """Operations on trained models; the numerical work runs in worker threads."""
 
@@ -178,6 +198,7 @@ class ModelService:
         self._jobs: set[asyncio.Task[None]] = set()
         self._reservoirs: OrderedDict[tuple[str, int], tuple[DTESN, Reservoir]] = OrderedDict()
         self._reservoirs_lock = threading.Lock()
+        self._closing = False
         self.batcher = batcher_from_settings(self._predict_batch, batching, observer)
         for record in self.store.records():  # a job cannot survive its process
             if record["status"] == "training":
@@ -185,6 +206,7 @@ class ModelService:
                 self.store.put_record(record)
 
     async def close(self) -> None:
+        self._closing = True  # a search running in a thread stops at its next trial
         for job in list(self._jobs):
             job.cancel()
 
@@ -206,11 +228,22 @@ class ModelService:
                 f"warmup {request.warmup} leaves no rows of the {rows} to train on.",
                 param="warmup",
             )
-        try:
-            estimator = _estimator(request.config)
-            _ = estimator.membranes  # checks units against the structure before any work
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="config") from None
+        tuning = request.tuning
+        estimator: DTESN | None = None
+        if tuning is None:
+            assert isinstance(request.config, ModelConfig)
+            try:
+                estimator = _estimator(request.config)
+                _ = estimator.membranes  # checks units against the structure before any work
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="config") from None
+        else:
+            try:  # enough rows for the folds: a 400 now, not a failed job later
+                check_folds(inputs, targets, folds=tuning.folds, warmup=request.warmup)
+            except ValueError as exc:
+                raise InvalidRequest(
+                    f"Cannot tune on this data: {exc}.", param="tune.folds"
+                ) from None
         now = int(time.time())
         record: dict[str, Any] = {
             "id": new_model_id(),
@@ -220,30 +253,87 @@ class ModelService:
             "updated": now,
             "status": "training",
             "version": 0,
-            "config": request.config.model_dump(),
+            "config": "auto" if tuning else request.config.model_dump(),  # type: ignore[union-attr]
             "input_dim": int(inputs.shape[1]),
             "output_dim": int(targets.shape[1]),
             "warmup": request.warmup,
             "versions": [],
         }
+        if tuning is not None:
+            record["tuning"] = tuning.model_dump()
+        self.store.put_record(record)
+        if tuning is not None:  # a search is many fits: always a background job
+            self._start(self._tune_job(record, tuning, inputs, targets))
+            return record, True
+        assert estimator is not None and isinstance(request.config, ModelConfig)
         background = request.background
         if background is None:
             background = rows * request.config.units > BACKGROUND_WORK
-        self.store.put_record(record)
         if background:
-            job = asyncio.create_task(self._train_job(record, estimator, inputs, targets))
-            self._jobs.add(job)
-            job.add_done_callback(self._jobs.discard)
+            self._start(self._train_job(record, estimator, inputs, targets))
             return record, True
         await self._fit(record, estimator, inputs, targets)
         return record, False
+
+    def _start(self, work: Any) -> None:
+        job = asyncio.create_task(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
 
     async def _train_job(self, record: dict[str, Any], estimator: DTESN, X, Y) -> None:
         try:
             await self._fit(record, estimator, X, Y)
         except Exception as exc:  # a failed job is recorded, not raised into the void
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            self._failed(record, exc)
+
+    def _failed(self, record: dict[str, Any], exc: BaseException) -> None:
+        record.pop("progress", None)
+        message = "interrupted by a shutdown" if isinstance(exc, _Interrupted) else None
+        record.update(status="failed", error=message or f"{type(exc).__name__}: {exc}")
+        self.store.put_record(record)
+
+    async def _tune_job(self, record: dict[str, Any], options: TuneOptions, X, Y) -> None:
+        """Search the settings, then fit, evaluate and save the best as ``_fit`` does."""
+        try:
+            estimator = await asyncio.to_thread(self._tune, record, options, X, Y)
+            await self._fit(record, estimator, X, Y)
+        except Exception as exc:  # _Interrupted too: close() cancels jobs after setting it
+            self._failed(record, exc)
+
+    def _tune(self, record: dict[str, Any], options: TuneOptions, X, Y) -> DTESN:
+        """The search (in a worker thread): each trial's progress is saved in the record."""
+        wall = time.time()
+        base = {
+            k: v
+            for k, v in ModelConfig(units=options.units).model_dump().items()
+            if k not in _SEARCHED
+        }
+
+        def report(step: TrialProgress) -> None:
+            if self._closing:
+                raise _Interrupted
+            record["progress"] = {
+                "phase": "tuning",
+                "trial": step.done,
+                "trials": step.total,
+                "state": step.row["state"],
+                "best_score": step.best_score,
+                "elapsed_seconds": round(time.time() - wall, 3),
+            }
             self.store.put_record(record)
+
+        record["progress"] = {"phase": "tuning", "trial": 0, "trials": options.trials,
+                              "best_score": None, "elapsed_seconds": 0.0}  # fmt: skip
+        self.store.put_record(record)
+        result = search(
+            X, Y, n_trials=options.trials, folds=options.folds, warmup=record["warmup"],
+            seed=options.seed, base=base, progress=report, refit=False,
+        )  # fmt: skip
+        config = ModelConfig.model_validate(result.params)
+        record["config"] = config.model_dump()
+        record["tuning"] = {**options.model_dump(), "result": result.summary(top=5)}
+        self.store.put_record(record)
+        return _estimator(config)
 
     def _phase(self, record: dict[str, Any], phase: str, started: float) -> None:
         """Record where a training is (``fitting``, ``evaluating``, ``saving``) for pollers."""
@@ -283,6 +373,45 @@ class ModelService:
         self.store.put_record(record)
 
     # ---- reading ------------------------------------------------------------------------
+
+    async def events(self, model_id: str) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+        """Check the model exists now; then its job's ``progress`` events (each change of the
+        record's ``progress``: phase, trial k of n, best score) and a ``done`` event with the
+        final status once it is no longer training (at once for a finished model). None in
+        between is a heartbeat. The record in the store is the source, so a job running in
+        another worker process is followed too."""
+        record = self.store.record(model_id)
+        return self._events(model_id, record)
+
+    async def _events(
+        self, model_id: str, record: dict[str, Any]
+    ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+        last: Any = None
+        quiet = 0.0
+        while True:
+            progress = record.get("progress")
+            if progress is not None and progress != last:
+                yield "progress", {"id": model_id, **progress}
+                last, quiet = progress, 0.0
+            if record["status"] != "training":
+                done = {"id": model_id, "status": record["status"], "version": record["version"]}
+                for key in ("error", "training", "config"):
+                    if key in record:
+                        done[key] = record[key]
+                if isinstance(record.get("tuning"), dict) and "result" in record["tuning"]:
+                    done["tuning"] = record["tuning"]["result"]
+                yield "done", done
+                return
+            await asyncio.sleep(EVENTS_POLL_SECONDS)
+            quiet += EVENTS_POLL_SECONDS
+            if quiet >= EVENTS_HEARTBEAT_SECONDS:
+                yield None
+                quiet = 0.0
+            try:
+                record = self.store.record(model_id)
+            except NotFound:  # deleted while followed
+                yield "done", {"id": model_id, "status": "deleted", "version": record["version"]}
+                return
 
     def get(self, model_id: str) -> dict[str, Any]:
         return self.store.record(model_id)
@@ -440,10 +569,27 @@ class ModelService:
             return record
 
 
-def config_from_form(text: str | None) -> ModelConfig:
-    """The ``config`` form field of an upload: a JSON object (or empty)."""
+def config_from_form(text: str | None) -> ModelConfig | str:
+    """The ``config`` form field of an upload: a JSON object (or empty), or ``auto``."""
+    if text is not None and text.strip() in ("auto", '"auto"'):
+        return "auto"
     try:
         data = json.loads(text) if text else {}
     except ValueError:
-        raise InvalidRequest("The 'config' field must be a JSON object.", param="config") from None
+        raise InvalidRequest(
+            "The 'config' field must be a JSON object or auto.", param="config"
+        ) from None
     return ModelConfig.model_validate(data)
+
+
+def tune_from_form(text: str | None) -> dict[str, Any] | None:
+    """The ``tune`` form field of an upload (with ``config=auto``): a JSON object, or absent."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The 'tune' field must be a JSON object.", param="tune")
+    return data

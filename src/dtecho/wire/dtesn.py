@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from dtecho.dtesn import bseries
 from dtecho.wire.openai import CacheOptions, ChatCompletionRequest
@@ -18,12 +25,14 @@ __all__ = [
     "ProcessOptions",
     "ProcessRequest",
     "TrainRequest",
+    "TuneOptions",
     "UpdateRequest",
     "validate_input",
 ]
 
 MAX_TRAJECTORY_POINTS = 1000
 MAX_VECTOR_WIDTH = 1024
+MAX_TUNE_TRIALS = 200  # one search's budget through the API (each trial is about one fit)
 
 
 def validate_input(value: Any) -> str | list[list[float]]:
@@ -132,8 +141,22 @@ class ModelConfig(BaseModel):
     integrator: str = "euler"
     seed: int = Field(0, ge=0, le=2**32 - 1)
     forgetting: float = Field(1.0, gt=0, le=1)
+    tau_scaling: float = Field(1.0, gt=0, le=100)
+    input_to: Literal["skin", "all"] = "skin"
 
     _known_integrator = field_validator("integrator")(ProcessOptions._known_integrator.__func__)
+
+
+class TuneOptions(BaseModel):
+    """``"tune"`` with ``"config": "auto"``: the hyperparameter search's budget (trials, each
+    about the cost of one fit), its seed, the validation folds and the reservoir size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(30, ge=1, le=MAX_TUNE_TRIALS)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    folds: int = Field(3, ge=1, le=10)
+    units: int = Field(400, ge=8, le=8192)
 
 
 class TrainRequest(BaseModel):
@@ -145,10 +168,36 @@ class TrainRequest(BaseModel):
     inputs: Any
     targets: Any
     warmup: int = Field(100, ge=0)
-    config: ModelConfig = Field(default_factory=ModelConfig)
+    config: ModelConfig | Literal["auto"] = Field(default_factory=ModelConfig)
+    tune: TuneOptions | None = None
     background: bool | None = None
 
     _series = field_validator("inputs", "targets")(lambda cls, v: _as_matrix(v))
+
+    @field_validator("config", mode="wrap")
+    @classmethod
+    def _config_or_auto(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Settings, or "auto" (the search chooses them): errors name ``config.<field>``,
+        not the branches of a union."""
+        if isinstance(value, str):
+            if value != "auto":
+                raise ValueError('must be an object of settings or "auto"')
+            return value
+        return value if isinstance(value, ModelConfig) else ModelConfig.model_validate(value)
+
+    @field_validator("tune")
+    @classmethod
+    def _tune_needs_auto(cls, value: TuneOptions | None, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("config") != "auto":
+            raise ValueError('tune options go with "config": "auto"')
+        return value
+
+    @property
+    def tuning(self) -> TuneOptions | None:
+        """The search's options when the settings are to be searched ("config": "auto")."""
+        if self.config != "auto":
+            return None
+        return self.tune or TuneOptions()
 
 
 class PredictRequest(CacheOptions):

@@ -15,9 +15,9 @@ from dtecho.errors import InvalidRequest
 from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
 from dtecho.server.state import get_state
-from dtecho.services.dtesn_models import config_from_form, parse_table
+from dtecho.services.dtesn_models import config_from_form, parse_table, tune_from_form
 from dtecho.wire.dtesn import PredictRequest, TrainRequest, UpdateRequest
-from dtecho.wire.sse import SSE_HEADERS, sse_event
+from dtecho.wire.sse import SSE_HEADERS, sse_comment, sse_event
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
 
@@ -64,7 +64,8 @@ async def _training_data(request: Request) -> tuple[TrainRequest, np.ndarray, np
                 "inputs": [[0.0]],
                 "targets": [[0.0]],
                 "warmup": form.get("warmup", 100),
-                "config": config.model_dump(),
+                "config": config if isinstance(config, str) else config.model_dump(),
+                "tune": tune_from_form(form.get("tune")),  # type: ignore[arg-type]
                 "background": form.get("background"),
             },
         )
@@ -83,8 +84,10 @@ async def _training_data(request: Request) -> tuple[TrainRequest, np.ndarray, np
 @router.post("", status_code=201)
 async def create_model(request: Request) -> JSONResponse:
     """Train a model from JSON arrays or an uploaded CSV/.npy table (``multipart/form-data``:
-    ``file``, ``target_columns`` (default the last), ``config`` (JSON), ``name``, ``warmup``).
-    Large trainings answer 202 at once; poll ``GET /v1/dtesn/models/{id}`` for the status."""
+    ``file``, ``target_columns`` (default the last), ``config`` (JSON or ``auto``), ``tune``
+    (JSON), ``name``, ``warmup``). ``"config": "auto"`` searches the settings first (budget
+    and seed in ``tune``). Large trainings and searches answer 202 at once; poll ``GET
+    /v1/dtesn/models/{id}`` or follow ``GET /v1/dtesn/models/{id}/events``."""
     train, inputs, targets = await _training_data(request)
     record, background = await get_state(request).dtesn_models.train(train, inputs, targets)
     return JSONResponse(record, status_code=202 if background else 201)
@@ -103,6 +106,23 @@ async def get_model(model_id: str, request: Request) -> Response:
     state = get_state(request)
     record = state.dtesn_models.get(model_id)
     return render(request, record, page=lambda: state.pages.dtesn_model(record), root="model")
+
+
+@router.get("/{model_id}/events")
+async def model_events(model_id: str, request: Request) -> StreamingResponse:
+    """Server-Sent Events of the model's training job: ``progress`` (phase; for a search,
+    trial k of n and the best score so far) whenever it changes, then ``done`` (the final
+    status, config and the search's summary). A finished model gives ``done`` at once."""
+    events = await get_state(request).dtesn_models.events(model_id)
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield sse_comment("heartbeat") if event is None else sse_event(*event)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.delete("/{model_id}")
