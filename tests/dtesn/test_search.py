@@ -191,3 +191,18 @@ def test_bad_data_raise_value_errors():
         search(X, Y[:-1], n_trials=1)
     with pytest.raises(ValueError, match="NaN"):
         search(np.full_like(X, np.nan), Y, n_trials=1)
+
+
+def test_importing_the_search_loads_neither_optuna_nor_the_web_stack():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "import dtecho.dtesn.search\n"
+        "names = ['optuna', 'redis', 'fastapi', 'starlette', 'pydantic', 'httpx']\n"
+        "print(json.dumps([m for m in names if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

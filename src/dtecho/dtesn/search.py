@@ -21,6 +21,8 @@ holds), so the search does no worse on validation than ``DTESN()`` with its best
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
 import warnings
@@ -338,6 +340,16 @@ def _first_trial(
 # ---- the search -------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet(category: type[Warning]) -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning (multivariate TPE over conditional spaces,
+    ``group=True``, is marked experimental) in the sampler's calls only, not in the trials:
+    warnings filters are process-wide."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        yield
+
+
 def _import_optuna() -> Any:
     try:
         import optuna
@@ -400,9 +412,7 @@ def _trial(
     }
 
 
-def check_folds(
-    X: Any, Y: Any, *, folds: int = 3, warmup: int = 100, split: str = "auto"
-) -> str:
+def check_folds(X: Any, Y: Any, *, folds: int = 3, warmup: int = 100, split: str = "auto") -> str:
     """Check that X, Y can be cut into the folds ``search`` would use (ValueError naming
     what is wrong otherwise); returns the split it would use."""
     check_common(folds, warmup, "nrmse")
@@ -479,9 +489,8 @@ def search(
     table = TrialTable()
     best: tuple[float, dict[str, Any]] | None = None
     try:
-        with warnings.catch_warnings():
-            # multivariate TPE over conditional spaces (group=True) is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        quiet = functools.partial(_quiet, optuna.exceptions.ExperimentalWarning)
+        with quiet():
             sampler = optuna.samplers.TPESampler(
                 seed=int(seed), multivariate=True, group=True, n_startup_trials=_STARTUP
             )
@@ -489,24 +498,26 @@ def search(
             first = _first_trial(searched, defaults, fixed)
             if first:
                 study.enqueue_trial(first)
-            for number in range(int(n_trials)):
-                if timeout is not None and time.perf_counter() - started > timeout:
-                    break
+        for number in range(int(n_trials)):
+            if timeout is not None and time.perf_counter() - started > timeout:
+                break
+            with quiet():
                 trial = study.ask()
                 chosen = _suggest(trial, searched, fixed)
-                params = {**fixed, **_arguments(chosen), "n_jobs": threads}
-                row = _trial(trial, params, data, standardised, grid, metric)
-                state = getattr(optuna.trial.TrialState, {"failed": "FAIL"}.get(
-                    row["state"], row["state"].upper()))  # fmt: skip
+            params = {**fixed, **_arguments(chosen), "n_jobs": threads}
+            row = _trial(trial, params, data, standardised, grid, metric)
+            state = getattr(optuna.trial.TrialState, {"failed": "FAIL"}.get(
+                row["state"], row["state"].upper()))  # fmt: skip
+            with quiet():
                 study.tell(trial, row["score"] if row["state"] == "complete" else None, state)
-                row = {"trial": number, **row, **chosen}
-                if "error" in row:  # last, after the parameters
-                    row["error"] = row.pop("error")
-                table.append(row)
-                if row["state"] == "complete" and (best is None or row["score"] < best[0]):
-                    best = (row["score"], {**chosen, "ridge": row["ridge"]})
-                if progress is not None:
-                    progress(TrialProgress(number + 1, int(n_trials), row, *(best or (None, None))))
+            row = {"trial": number, **row, **chosen}
+            if "error" in row:  # last, after the parameters
+                row["error"] = row.pop("error")
+            table.append(row)
+            if row["state"] == "complete" and (best is None or row["score"] < best[0]):
+                best = (row["score"], {**chosen, "ridge": row["ridge"]})
+            if progress is not None:
+                progress(TrialProgress(number + 1, int(n_trials), row, *(best or (None, None))))
     finally:
         optuna.logging.set_verbosity(verbosity)
     if best is None:
