@@ -60,27 +60,60 @@ OLD_DEFAULTS = {
 }
 
 
-def candidates() -> dict[str, dict[str, Any]]:
+GRIDS = {
+    # stage 1: the settings a user would otherwise tune, over wide ranges
+    "wide": {
+        "spectral_radius": (0.8, 1.0, 1.2),
+        "leak_rate": (0.3, 0.6, 1.0),
+        "input_scaling": (0.3, 1.0),  # of standardised inputs
+        "bias_scaling": (0.0, 0.3, 1.0),
+        "input_init": ("uniform", "bernoulli"),
+    },
+    # stage 2: around stage 1's best for the memory tasks (NARMA, memory capacity), which
+    # want weak inputs and little leak, without losing the forecasts
+    "focus": {
+        "spectral_radius": (0.9, 1.0),
+        "leak_rate": (0.6, 1.0),
+        "input_scaling": (0.05, 0.1, 0.2),
+        "bias_scaling": (0.1, 0.3),
+        "input_connectivity": (1.0, 0.1),
+        "input_init": ("uniform", "bernoulli"),
+    },
+    # stage 3: membrane trees under stage 2's best (a fast skin over slower inner membranes)
+    "trees": {
+        "spectral_radius": (0.9,),
+        "leak_rate": (1.0,),
+        "input_scaling": (0.1,),
+        "bias_scaling": (0.1, 0.3),
+        "depth": (2, 3),
+        "tau_scaling": (2.0, 4.0),
+    },
+}
+_SHORT = {
+    "spectral_radius": "sr",
+    "leak_rate": "lr",
+    "input_scaling": "in",
+    "bias_scaling": "b",
+    "input_connectivity": "ic",
+    "input_init": "",
+    "depth": "d",
+    "tau_scaling": "tau",
+    "weights": "",
+}
+
+
+def candidates(grids: tuple[str, ...] = tuple(GRIDS)) -> dict[str, dict[str, Any]]:
     """name → constructor arguments. "defaults" is ``DTESN(units=N, seed=s)`` as shipped;
-    the grid varies the settings a user would otherwise tune, the ridge chosen by "auto"."""
+    the grids vary the settings a user would otherwise tune, the ridge chosen by "auto"."""
     out: dict[str, dict[str, Any]] = {"defaults": {}, "old_defaults": dict(OLD_DEFAULTS)}
-    grid = itertools.product(
-        (0.9, 1.0, 1.2),  # spectral radius
-        (0.3, 0.6, 1.0),  # leak
-        (0.3, 1.0),  # input scaling
-        (0.0, 0.5),  # bias scaling
-        ("uniform", "bernoulli"),  # input weights
-    )
-    for sr, leak, scale, bias, init in grid:
-        name = f"sr{sr}_lr{leak}_in{scale}_b{bias}_{init[0]}"
-        out[name] = {
-            "spectral_radius": sr,
-            "leak_rate": leak,
-            "input_scaling": scale,
-            "bias_scaling": bias,
-            "input_init": init,
-            "ridge": "auto",
-        }
+    for grid in grids:
+        space = GRIDS[grid]
+        for values in itertools.product(*space.values()):
+            params = dict(zip(space, values, strict=True))
+            name = "_".join(
+                f"{_SHORT[k]}{v if not isinstance(v, str) else v[:4]}" for k, v in params.items()
+            )
+            out[name] = {**params, "ridge": "auto"}
     return out
 
 
@@ -150,10 +183,13 @@ def reservoirpy_score(task: Task, units: int, seed: int, **params: Any) -> float
 
 
 def run_grid(
-    names: list[str], sizes: list[int], seeds: list[int], jobs: int
+    cands: dict[str, dict[str, Any]],
+    names: list[str],
+    sizes: list[int],
+    seeds: list[int],
+    jobs: int,
 ) -> tuple[list[dict[str, Any]], dict[str, list[Task]]]:
     """Scores of every (candidate, task, size, seed), ReservoirPy's defaults included."""
-    cands = candidates()
     tasks = {seed: suite(seed) for seed in seeds}
     work = []
     for seed, size, i in itertools.product(seeds, sizes, range(len(tasks[seeds[0]]))):
@@ -235,13 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--candidates", nargs="+", default=None)
+    parser.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     sizes = [50] if args.quick else args.sizes
     seeds = list(range(1 if args.quick else args.seeds))
-    names = args.candidates or list(candidates())
+    pool = candidates(tuple(args.grids))
+    names = args.candidates or list(pool)
     t0 = time.perf_counter()
-    rows, _ = run_grid(names, sizes, seeds, args.jobs)
+    rows, _ = run_grid(pool, names, sizes, seeds, args.jobs)
     ranking = rank(rows)
     tasks = [k for k in ranking[0] if k not in ("candidate", "mean_rank")]
     print_table(ranking, ["candidate", "mean_rank", *tasks], title="mean validation score")
@@ -252,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(THREADS),
         "sizes": sizes,
         "seeds": seeds,
-        "candidates": {n: candidates()[n] for n in names},
+        "candidates": {n: pool[n] for n in names},
         "ranking": ranking,
         "defaults_vs_reservoirpy": comparison,
         "rows": rows,

@@ -115,7 +115,7 @@ def test_float32_tracks_numpy_float32():
 def test_fit_and_predict_agree_across_backends():
     u = RNG.uniform(0, 0.5, size=1200)
     X, Y = u[:-1, None], np.roll(u, 3)[1:, None]
-    kw = {"units": 150, "leak_rate": 1.0, "bias_scaling": 0.2, "ridge": 1e-8}
+    kw = {"units": 150, "leak_rate": 1.0, "bias_scaling": 0.2, "ridge": 1e-8, "input_scaling": 1.0}
     preds = [_model(b, **kw).fit(X, Y, warmup=50).predict(X) for b in ("numba", "numpy")]
     np.testing.assert_allclose(preds[0], preds[1], rtol=0, atol=1e-9)
 

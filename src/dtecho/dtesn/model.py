@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sps
@@ -159,38 +159,76 @@ class _Batch:
 class DTESN:
     """Deep Tree Echo State Network: a tree of leaky reservoirs with a linear readout.
 
-    Parameters (stored as given; checked at fit/run time):
+    Parameters (stored as given; checked at fit/run time). The defaults come from a study
+    across nine tasks, two sizes and three seeds (``benchmarks/defaults_study.py``, table in
+    docs/dtesn.md); ``DTESN.for_task(family)`` gives that study's per-family choices.
       units: total reservoir units N, split over the membranes (``membranes``).
       depth / tree: membrane structure (level k of a depth-d network holds A000081(k)
         membranes) or an explicit nested-parentheses tree such as "(()(()))".
-      spectral_radius: of the whole network's recurrent matrix.
-      leak_rate: per-sample leak a of the skin; τ_skin = 1/leak_rate sampling intervals.
-      input_scaling, input_connectivity: W_in entries U[−1, 1]·scale, kept with that prob.
-      bias_scaling: b entries U[−1, 1]·scale.
+      spectral_radius: of the whole network's recurrent matrix (0.9; exact, not estimated).
+      leak_rate: per-sample leak a of the skin; τ_skin = 1/leak_rate sampling intervals
+        (1: no leak; the memory tasks lose most with a leak, the forecasts little).
+      input_norm: "standard" (default): the first fit measures each input column's mean and
+        standard deviation and folds (u − μ)/σ into W_in and b, so ``input_scaling`` means
+        the same for data in any units (raw Lorenz coordinates or NARMA's [0, 0.5]); the
+        states of a ``run`` before any fit use the raw inputs. "none": raw inputs always.
+      input_scaling (0.05), input_connectivity (1), input_init ("uniform"): W_in entries
+        drawn from ``input_init`` ("uniform" U[−1, 1], "normal" N(0, 1), "bernoulli" ±1)
+        times the scale, each kept with probability ``input_connectivity``. Weak inputs keep
+        the reservoir near its linear regime, which the memory tasks need and the forecasts
+        tolerate.
+      bias_scaling (0.1), bias_init ("uniform"), bias_connectivity (1): b likewise; a small
+        bias breaks the tanh's symmetry, which classification of oscillations needs.
+      recurrent_init ("normal"): the distribution of W's values before its radius is set.
       connectivity: fraction of nonzeros per row of each recurrent and coupling block.
-      ridge: L2 penalty of the readout (not applied to the intercept, see readout.py).
+      ridge: L2 penalty of the readout (not applied to the intercept, see readout.py), or
+        "auto" (default): chosen on held-out training rows, see ``fit``.
       integrator: a bseries tableau name (or a Tableau); dt: integration step in sampling
         intervals, 1/dt must be an integer. Euler with dt = 1 is exactly the leaky ESN.
       input_to: "skin" (root only) or "all" membranes. seed: all weights derive from it.
       dtype: "float64" or "float32" for the state dynamics (readout math stays float64).
       tau_scaling: τ of level k is tau_scaling^(k−1)·τ_skin (> 1: inner membranes slower).
       coupling / feedback: scale of parent→child / child→parent blocks (feedback 0 = none).
-      weights: "random" (sparse Gaussian), "grouped" (the same, but each aligned group of
-        16 units shares its input columns, with independent values, drawn as float32
-        numbers that float64 runs read at half the memory traffic: one sequence then runs
-        several times faster in the compiled kernel; needs connectivity·units >= 16) or
-        "orthogonal" blocks. activation: "tanh" or "identity" (linear reservoir).
+      weights: "auto" (default: "grouped" where every membrane has ≥ 16 recurrent inputs per
+        unit, else "random"), "random" (sparse, fixed in-degree), "grouped" (the same, but
+        each aligned group of 16 units shares its input columns, with independent values,
+        drawn as float32 numbers that float64 runs read at half the memory traffic: one
+        sequence then runs several times faster in the compiled kernel; needs
+        connectivity·units >= 16) or "orthogonal" blocks. activation: "tanh" or "identity".
         forgetting, rls_delta: RLS factor λ and P₀ = I/δ for a partial_fit without prior fit
         (δ defaults to ridge). matrix_format: "auto",
         "dense" or "sparse" recurrent products. regularize_bias: penalise the intercept too.
-      backend: "auto" (compiled Numba kernels for the Euler loop when the ``fast`` extra is
-        installed), "numpy" or "numba"; the choice changes speed, not results (to ~1e-15).
-      n_jobs: threads for the compiled loop: a batch's sequences are split between them;
-        one sequence of a large reservoir (≥ 16,384 stored entries of W per thread) has its
-        units split between them, the threads busy-waiting for each other after every step
-        (so give each a core of its own). fit integrates on one thread either way, its
-        second forming the normal equations. The results do not depend on it, bit for bit.
+      backend: "auto" (compiled Numba kernels for the Euler loop when Numba is installed,
+        as it is by default), "numpy" or "numba"; the choice changes speed, not results
+        (to ~1e-15).
+      n_jobs: threads for the compiled loop (None, the default: the usable cores): a
+        batch's sequences are split between them (at least 8 each); one sequence of a large
+        reservoir (≥ 16,384 stored entries of W per thread, i.e. about 400 units at the
+        default connectivity for two threads) has its units split between them, the
+        threads busy-waiting for each other after every step (so give each a core of its
+        own; pass n_jobs=1 where other work shares the cores). fit integrates on one thread
+        either way, its second forming the normal equations. The results do not depend on
+        it, bit for bit.
     """
+
+    # The study's choices per task family (docs/dtesn.md); "general" is the defaults.
+    TASK_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "general": {},
+        "memory": {},  # NARMA, memory capacity: the defaults were chosen with them
+        "forecast": {"input_scaling": 0.2, "bias_scaling": 0.3},
+        "classify": {"input_scaling": 0.1, "bias_scaling": 0.3, "depth": 2, "tau_scaling": 4.0},
+    }
+
+    @classmethod
+    def for_task(cls, family: str, units: int = 400, **params: Any) -> DTESN:
+        """A DTESN with the defaults study's settings for a task family: "general",
+        "memory" (system identification, delayed recall), "forecast" (chaotic series,
+        one or many steps ahead, free runs) or "classify" (sequence classification);
+        ``params`` override them."""
+        if family not in cls.TASK_PRESETS:
+            known = ", ".join(cls.TASK_PRESETS)
+            raise ValueError(f"unknown task family {family!r}; known: {known}")
+        return cls(units=units, **{**cls.TASK_PRESETS[family], **params})
 
     def __init__(
         self,
@@ -199,9 +237,9 @@ class DTESN:
         tree: str | None = None,
         *,
         spectral_radius: float = 0.9,
-        leak_rate: float = 0.3,
-        input_scaling: float = 1.0,
-        bias_scaling: float = 0.0,
+        leak_rate: float = 1.0,
+        input_scaling: float = 0.05,
+        bias_scaling: float = 0.1,
         connectivity: float = 0.1,
         ridge: float | str = "auto",
         integrator: str | bseries.Tableau = "euler",
