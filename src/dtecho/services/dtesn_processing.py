@@ -60,6 +60,7 @@ class NetworkConfig:
             # — so the numbers of one server never depend on batching, but may differ in
             # the last bits between an install with Numba and one without.
             matrix_format="sparse",
+            weights="random",  # pinned: the library's "auto" would change a served network
             backend="auto",
             # A batch of ≥ 16 sequences is split over this many threads in the compiled loop
             # (the numbers do not depend on it); one sequence always runs on one thread.
