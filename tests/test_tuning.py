@@ -37,7 +37,7 @@ def test_tune_prints_the_table_and_saves_a_model_that_predicts(tmp_path: Path) -
     data, out = tmp_path / "data.csv", tmp_path / "model.npz"
     X, Y = write_csv(data)
     result = run_tune(str(data), "--target", "y", "--columns", "u", "--trials", "4",
-                      "--units", "20", "--seed", "1", "--out", str(out))  # fmt: skip
+                      "--units", "20", "--seed", "1", "--trees", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["trial", "state", "score"]

@@ -37,6 +37,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=100, help="rows the readout skips (100)")
     parser.add_argument("--units", type=int, default=400, help="reservoir units (400)")
     parser.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    parser.add_argument(
+        "--trees", action="store_true", help="search the membrane tree too (TREE_SPACE)"
+    )
     parser.add_argument("--out", metavar="FILE", help="save the fitted model (.npz)")
 
 
@@ -128,7 +131,8 @@ def run_tune(args: argparse.Namespace) -> int:
     try:
         result = search(
             inputs, outputs, n_trials=args.trials, folds=args.folds, warmup=args.warmup,
-            seed=args.seed, timeout=args.timeout, base={"units": args.units}, progress=update,
+            seed=args.seed, timeout=args.timeout, base={"units": args.units}, trees=args.trees,
+            progress=update,
         )  # fmt: skip
     except ValueError as exc:
         close()

@@ -206,3 +206,14 @@ def test_importing_the_search_loads_neither_optuna_nor_the_web_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_trees_add_the_membrane_structure_and_its_conditional_settings():
+    result = search(X, Y, n_trials=10, warmup=50, base={"units": 24}, trees=True, refit=False)
+    trees = {row["tree"] for row in result.table}
+    assert len(trees) > 1 and trees <= {1, 2, 3, "(()())", "((()))"}
+    for row in result.table:
+        several = row["tree"] != 1
+        assert ("tau_scaling" in row) == several and ("input_to" in row) == several
+    plain = search(X, Y, n_trials=3, warmup=50, base={"units": 24}, refit=False)
+    assert all("tree" not in row for row in plain.table)

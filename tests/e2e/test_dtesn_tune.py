@@ -44,14 +44,14 @@ def test_auto_config_searches_in_the_background_and_streams_progress(server: Ser
         "targets": TARGETS.tolist(),
         "warmup": 100,
         "config": "auto",
-        "tune": {"trials": 6, "seed": 1, "units": 150},
+        "tune": {"trials": 6, "seed": 1, "units": 150, "trees": True},
     }
     with api(server) as client:
         created = client.post("models", json=body)
         assert created.status_code == 202, created.text
         record = created.json()
         assert record["status"] == "training" and record["config"] == "auto"
-        assert record["tuning"] == {"trials": 6, "seed": 1, "folds": 3, "units": 150}
+        assert record["tuning"] == {"trials": 6, "seed": 1, "folds": 3, "units": 150, "trees": True}
         model_id = record["id"]
         events = read_events(client, model_id)
         finished = client.get(f"models/{model_id}").json()

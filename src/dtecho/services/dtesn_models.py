@@ -28,7 +28,7 @@ from dtecho.batching.micro import BatchObserver, batcher_from_settings
 from dtecho.config import BatchingSettings
 from dtecho.dtesn import DTESN
 from dtecho.dtesn.reservoir import Reservoir
-from dtecho.dtesn.search import DEFAULT_SPACE, TrialProgress, check_folds, search
+from dtecho.dtesn.search import DEFAULT_SPACE, TREE_SPACE, TrialProgress, check_folds, search
 from dtecho.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from dtecho.services.model_store import ModelStore, new_model_id
 from dtecho.wire.dtesn import ModelConfig, TrainRequest, TuneOptions
@@ -53,7 +53,7 @@ EVENTS_POLL_SECONDS = 0.1  # how often an events stream looks at the job's recor
 EVENTS_HEARTBEAT_SECONDS = 15.0  # an SSE comment this often keeps idle proxies from closing
 # The ModelConfig fields the search chooses (a "tree" choice sets depth or tree); the others
 # stay at ModelConfig's defaults, so the finished record's config rebuilds the same model.
-_SEARCHED = {*DEFAULT_SPACE, "depth"}
+_SEARCHED = {*DEFAULT_SPACE, *TREE_SPACE, "depth"}
 
 
 def nrmse(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -327,7 +327,7 @@ class ModelService:
         self.store.put_record(record)
         result = search(
             X, Y, n_trials=options.trials, folds=options.folds, warmup=record["warmup"],
-            seed=options.seed, base=base, progress=report, refit=False,
+            seed=options.seed, base=base, trees=options.trees, progress=report, refit=False,
         )  # fmt: skip
         config = ModelConfig.model_validate(result.params)
         record["config"] = config.model_dump()

@@ -157,6 +157,7 @@ class TuneOptions(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     folds: int = Field(3, ge=1, le=10)
     units: int = Field(400, ge=8, le=8192)
+    trees: bool = False  # search the membrane tree too (dtecho.dtesn.search.TREE_SPACE)
 
 
 class TrainRequest(BaseModel):
