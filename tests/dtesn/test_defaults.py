@@ -82,7 +82,24 @@ def test_ridge_path_equals_explicit_fits():
         ro = RidgeReadout(ridge).accumulate([X[rows], S[rows]], T[rows]).solve()
         err = np.mean((ro.predict([X[held], S[held]]) - T[held]) ** 2)
         assert abs(err - mse) <= 1e-6 * err
-    assert best == min(path, key=lambda r: r[1])[0]
+    least_ridge, least = min(path, key=lambda r: r[1])
+    chosen = dict(path)[best]
+    # the most regular readout within the slack: never a smaller ridge than the least-MSE one
+    assert best >= least_ridge and least <= chosen <= 2 * least
+
+
+def test_auto_ridge_keeps_a_mackey_glass_free_run_bounded():
+    """The least-MSE ridge of this nearly noiseless series is tiny, and its closed loop
+    diverges; the ridge="auto" rule's slack keeps the free run on the attractor."""
+    series = datasets.mackey_glass(1200)
+    X, Y = series[:999, None], series[1:1000, None]
+    for units in (60, 200, 500):
+        model = DTESN(units).fit(X, Y)
+        free = model.generate(300, warmup=series[:600, None])
+        assert np.all(np.abs(free) < 2.0), units  # the attractor lies within (0.4, 1.35)
+        least_ridge = min(model.ridge_path_, key=lambda r: r[1])[0]
+        tiny = DTESN(units, ridge=least_ridge).fit(X, Y).generate(300, series[:600, None])
+        assert units == 60 or not np.all(np.abs(tiny) < 2.0)  # the least-MSE one diverges
 
 
 def test_auto_ridge_refits_on_all_rows_with_the_chosen_ridge():

@@ -77,6 +77,7 @@ _AUTO_GROUP_MIN_IN_DEGREE = ROW_GROUP
 # ridge="auto" holds out this share of the training rows (the latest of each sequence, or
 # the last sequences of a set of five or more) to choose the ridge, then refits on all.
 _AUTO_RIDGE_HOLDOUT = 0.2
+_AUTO_RIDGE_BLOCKS = 5  # consecutive holdout blocks: the spread of their errors (see ridge_path)
 _FALLBACK_RIDGE = 1e-8  # ridge="auto" with too few rows to hold any out
 
 
@@ -506,12 +507,11 @@ class DTESN:
         self._ensure_reservoir(batch.width, self._input_stats(batch))
         ridge = 0.0 if auto else float(self.ridge)
         regularize_bias = self.regularize_bias
-        # Row ranges per sequence (sorted order): training rows [warmup, cut), holdout rows
-        # [cut, length). Without "auto" nothing is held out (cut = length).
+        # Row ranges per sequence (sorted order): training rows [warmup, bounds[:, 0]), the
+        # holdout's blocks [bounds[:, k], bounds[:, k+1]). Without "auto" nothing is held out.
         ends = batch.lengths
-        cuts = ends.copy()
-        if auto:
-            cuts = self._holdout_cuts(batch, warmup)
+        bounds = self._holdout_blocks(batch, warmup) if auto else ends[:, None]
+        cuts = bounds[:, 0]
 
         def accumulate(part, t0, U, S, Y, lo, hi) -> bool:
             """Rows [lo_b, hi_b) (window-relative) of each sequence into ``part``."""
@@ -537,48 +537,63 @@ class DTESN:
             cut = np.clip(cuts[:k] - t0, 0, L)
             stop = np.clip(ends[:k] - t0, 0, L)
             train = RidgeReadout(ridge, regularize_bias=regularize_bias)
-            held = RidgeReadout(ridge, regularize_bias=regularize_bias)
             has_train = accumulate(train, t0, U, S, Y, start, np.maximum(start, cut))
-            has_held = auto and accumulate(held, t0, U, S, Y, np.maximum(start, cut), stop)
-            return (train if has_train else None), (held if has_held else None)
+            held = []
+            for j in range(bounds.shape[1] - 1 if auto else 0):
+                lo = np.maximum(start, np.clip(bounds[:k, j] - t0, 0, L))
+                hi = np.maximum(lo, np.minimum(stop, np.clip(bounds[:k, j + 1] - t0, 0, L)))
+                block = RidgeReadout(ridge, regularize_bias=regularize_bias)
+                held.append(block if accumulate(block, t0, U, S, Y, lo, hi) else None)
+            return (train if has_train else None), held
 
         train = RidgeReadout(ridge, regularize_bias=regularize_bias)
-        held = RidgeReadout(ridge, regularize_bias=regularize_bias)
+        blocks = [RidgeReadout(ridge, regularize_bias=regularize_bias) for _ in bounds[0, 1:]]
         # one thread integrates (share_rows=False): the other forms normal equations meanwhile
-        for part, part_held in self._windows(batch, None, normal_equations, share_rows=False):
+        for part, parts_held in self._windows(batch, None, normal_equations, share_rows=False):
             if part is not None:
                 train.merge(part)  # in window order: the same sums whoever computed them
-            if part_held is not None:
-                held.merge(part_held)
+            for block, piece in zip(blocks, parts_held, strict=False):
+                if piece is not None:
+                    block.merge(piece)
         if auto:
             self.ridge_path_ = None
-            if train.n_samples_ >= 2 and held.n_samples_ >= 1:
-                best, path = ridge_path(train, held)
+            blocks = [b for b in blocks if b.n_samples_ > 0]
+            held_rows = sum(b.n_samples_ for b in blocks)
+            if train.n_samples_ >= 2 and held_rows >= 1:
+                best, path = ridge_path(train, blocks)
                 self.ridge_path_ = path
                 # the same penalty per row on all rows as on the training part
-                ridge = best * (train.n_samples_ + held.n_samples_) / train.n_samples_
+                ridge = best * (train.n_samples_ + held_rows) / train.n_samples_
             else:  # too few rows to hold any out: a small ridge relative to the features
                 ridge = _FALLBACK_RIDGE
-            train.merge(held)
+            for block in blocks:
+                train.merge(block)
             train.ridge = float(ridge)
         self.ridge_ = float(ridge)
         self.readout_ = train.solve()
         self.n_outputs_ = target.width
         return self
 
-    def _holdout_cuts(self, batch: _Batch, warmup: int) -> np.ndarray:
-        """Per sequence (sorted order), the first row held out by ``ridge="auto"``."""
-        lengths = batch.lengths
-        B = len(lengths)
-        if B >= 5:  # whole sequences: the last ones in the caller's order
+    def _holdout_blocks(self, batch: _Batch, warmup: int) -> np.ndarray:
+        """(B, K+1) row bounds per sequence (sorted order) of the ``_AUTO_RIDGE_BLOCKS`` = K
+        holdout blocks of ``ridge="auto"``: block k is rows [bounds[b, k], bounds[b, k+1])
+        of each sequence b; rows before bounds[b, 0] (after the warm-up) train."""
+        lengths = batch.lengths.astype(np.int64)
+        B, K = len(lengths), _AUTO_RIDGE_BLOCKS
+        if B >= 5:  # whole sequences: the last ones in the caller's order, dealt to blocks
             n_held = max(1, round(_AUTO_RIDGE_HOLDOUT * B))
-            held = set(range(B - n_held, B))
-            original = batch.order  # sorted position i holds the caller's sequence order[i]
-            return np.array(
-                [min(warmup, L) if original[i] in held else L for i, L in enumerate(lengths)]
-            )
+            rank = np.empty(B, np.int64)
+            rank[batch.order] = np.arange(B)  # caller index → sorted position
+            bounds = np.repeat(lengths[:, None], K + 1, axis=1)
+            for j, caller in enumerate(range(B - n_held, B)):
+                b = rank[caller]
+                first = min(warmup, lengths[b])
+                bounds[b, : j % K + 1] = first  # blocks before j % K empty, then this one
+            return bounds
         usable = np.maximum(lengths - warmup, 0)
-        return lengths - np.floor(_AUTO_RIDGE_HOLDOUT * usable).astype(lengths.dtype)
+        cut = lengths - np.floor(_AUTO_RIDGE_HOLDOUT * usable).astype(np.int64)
+        steps = np.linspace(0.0, 1.0, K + 1)
+        return cut[:, None] + np.floor(np.outer(lengths - cut, steps)).astype(np.int64)
 
     def partial_fit(
         self, X: Any, Y: Any, warmup: int = 0, *, initial_state: np.ndarray | None = None

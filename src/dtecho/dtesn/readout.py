@@ -187,6 +187,7 @@ class RidgeReadout:
 
 
 RIDGE_GRID = 10.0 ** np.arange(-12.0, 1.01, 0.5)  # relative to the mean feature variance
+_NEAR_EXACT = 1e-4  # holdout MSE / variance below which ridge_path allows twice the least
 _EIGH_MAX = 2500  # features up to which the whole path comes from one eigendecomposition
 
 
@@ -202,10 +203,12 @@ def holdout_errors(coef: np.ndarray, holdout: RidgeReadout) -> np.ndarray:
 
 
 def ridge_path(
-    train: RidgeReadout, holdout: RidgeReadout, grid: np.ndarray = RIDGE_GRID
+    train: RidgeReadout,
+    holdout: RidgeReadout | Sequence[RidgeReadout],
+    grid: np.ndarray = RIDGE_GRID,
 ) -> tuple[float, list[tuple[float, float]]]:
-    """The ridge whose readout, fitted on ``train``'s rows, has the least squared error on
-    ``holdout``'s rows; and (ridge, holdout MSE summed over the target columns) per ridge.
+    """The ridge for a readout fitted on ``train``'s rows, chosen on ``holdout``'s rows; and
+    (ridge, holdout MSE summed over the target columns) per ridge of the grid.
 
     Ridges are ``grid`` × the mean variance of the features on the training rows, so the
     choice does not depend on their units. With the intercept unpenalised (the default) the
@@ -213,8 +216,20 @@ def ridge_path(
     out exactly; one eigendecomposition of the centred Gram matrix V·Λ·Vᵀ then gives every
     ridge's coefficients, V·diag(1/(Λ + λ))·Vᵀ·Φᵀy, at the cost of matrix products (above
     ``_EIGH_MAX`` features, a Cholesky solve per ridge of every other grid point instead).
+
+    Choice: the largest ridge whose MSE is within a slack of the least: one standard error
+    of the blocks' MSEs at the best ridge (with several holdout blocks: the
+    one-standard-error rule), or, when the least MSE is below 1e-4 of the holdout targets'
+    variance (a nearly noiseless series such as Mackey–Glass), the least MSE itself, so up
+    to twice the least. Among ridges that predict the held-out rows about equally well it
+    takes the most regular readout, the one that stays stable when its outputs are fed back
+    (``generate``): the least-MSE ridge of a nearly noiseless series is often tiny, and its
+    closed loop diverges (measured on Mackey–Glass at 60–500 units; docs/dtesn.md).
     """
-    if train.n_samples_ < 2 or holdout.n_samples_ < 1:
+    blocks = [holdout] if isinstance(holdout, RidgeReadout) else list(holdout)
+    blocks = [b for b in blocks if b.n_samples_ > 0]
+    held_rows = sum(b.n_samples_ for b in blocks)
+    if train.n_samples_ < 2 or held_rows < 1:
         raise ValueError("ridge_path needs training and holdout rows")
     G, R = train._symmetric_gram(), train.xty_
     n = G[0, 0]
@@ -229,21 +244,23 @@ def ridge_path(
         B = R[1:] - n * np.outer(mu, ybar)
     scale = max(float(np.trace(A)) / max(A.shape[0], 1), 1e-300)
     ridges = np.asarray(grid, float) * scale
-    F = A.shape[0]
 
     def coefficients(w: np.ndarray) -> np.ndarray:
         if lo == 0:
             return w
         return np.vstack([ybar - mu @ w, w])
 
-    table = []
-    if F <= _EIGH_MAX:
+    def block_mse(w: np.ndarray) -> np.ndarray:
+        c = coefficients(w)
+        return np.array([holdout_errors(c, b).sum() / b.n_samples_ for b in blocks])
+
+    per_block: list[tuple[float, np.ndarray]] = []
+    if A.shape[0] <= _EIGH_MAX:
         lam, V = np.linalg.eigh(A)
         lam = np.maximum(lam, 0.0)  # rounding can leave tiny negative eigenvalues
         Q = V.T @ B
         for r in ridges:
-            w = V @ (Q / (lam + r)[:, None])
-            table.append((float(r), float(holdout_errors(coefficients(w), holdout).sum())))
+            per_block.append((float(r), block_mse(V @ (Q / (lam + r)[:, None]))))
     else:
         for r in ridges[::2]:
             M = A.copy()
@@ -252,11 +269,26 @@ def ridge_path(
                 w = sla.cho_solve(sla.cho_factor(M, check_finite=False), B, check_finite=False)
             except np.linalg.LinAlgError:
                 continue
-            table.append((float(r), float(holdout_errors(coefficients(w), holdout).sum())))
-    table = [(r, e / holdout.n_samples_) for r, e in table]
-    finite = [row for row in table if np.isfinite(row[1])]
-    best = min(finite, key=lambda row: row[1])[0] if finite else float(ridges[len(ridges) // 2])
-    return best, table
+            per_block.append((float(r), block_mse(w)))
+    weights = np.array([b.n_samples_ for b in blocks], float) / held_rows
+    table = [(r, float(weights @ m)) for r, m in per_block]
+    finite = [i for i, (_, e) in enumerate(table) if np.isfinite(e)]
+    if not finite:
+        return float(ridges[len(ridges) // 2]), table
+    best = min(finite, key=lambda i: table[i][1])
+    least = table[best][1]
+    se = 0.0
+    if len(blocks) > 1:
+        spread = per_block[best][1]
+        se = float(np.std(spread, ddof=1) / np.sqrt(len(spread)))
+    total = sum(b.yty_ for b in blocks)
+    mean = sum(b.xty_[0] for b in blocks) / held_rows
+    variance = float(np.sum(total / held_rows - mean**2))
+    # slack: one standard error, or, where the holdout is fitted to better than 1 % of its
+    # variance (a nearly noiseless series), the least MSE itself (twice the least MSE)
+    threshold = least + max(se, min(least, _NEAR_EXACT * variance))
+    chosen = max((i for i in finite if table[i][1] <= threshold), key=lambda i: table[i][0])
+    return table[chosen][0], table
 
 
 class RLSReadout:

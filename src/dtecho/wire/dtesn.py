@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -132,12 +132,16 @@ class ModelConfig(BaseModel):
     units: int = Field(400, ge=8, le=8192)
     depth: int = Field(1, ge=1, le=8)
     tree: str | None = Field(None, max_length=4096)
+    # The library's defaults (chosen by benchmarks/defaults_study.py; docs/dtesn.md)
     spectral_radius: float = Field(0.9, ge=0, le=10)
-    leak_rate: float = Field(0.3, gt=0, le=1)
-    input_scaling: float = Field(1.0, gt=0, le=100)
-    bias_scaling: float = Field(0.0, ge=0, le=100)
+    leak_rate: float = Field(1.0, gt=0, le=1)
+    input_scaling: float = Field(0.05, gt=0, le=100)
+    bias_scaling: float = Field(0.1, ge=0, le=100)
     connectivity: float = Field(0.1, gt=0, le=1)
-    ridge: float = Field(1e-8, ge=0, le=1e6)
+    ridge: Annotated[float, Field(ge=0, le=1e6)] | Literal["auto"] = Field(
+        "auto",
+        description='L2 penalty of the readout, or "auto": chosen on held-out training rows',
+    )
     integrator: str = "euler"
     seed: int = Field(0, ge=0, le=2**32 - 1)
     forgetting: float = Field(1.0, gt=0, le=1)
