@@ -128,9 +128,9 @@ def classification_task(
 ) -> Task:
     """Synthetic multichannel sequences, lengths 40–80: class c is three channels of
     sinusoids whose frequencies, channel mixing and (small) offsets are the class's, with
-    random phase, amplitude jitter, a random time warp and noise. Per-step one-hot targets; a sequence's
-    class is the argmax of its predictions averaged over its second half (the usual ESN
-    recipe). Scored as the validation error rate."""
+    random phase, amplitude jitter, a random time warp and noise. Per-step one-hot
+    targets; a sequence's class is the argmax of its predictions averaged over its second
+    half (the usual ESN recipe). Scored as the validation error rate."""
     rng = np.random.default_rng(1000 + seed)
     proto = np.random.default_rng(7)  # the classes are the same for every data seed
     freqs = proto.uniform(0.05, 0.35, size=(n_classes, 3))
