@@ -148,3 +148,25 @@ def test_for_task_gives_the_family_presets_and_overrides():
     assert DTESN.for_task("general", 50).get_params() == DTESN(50).get_params()
     with pytest.raises(ValueError, match="unknown task family"):
         DTESN.for_task("vision")
+
+
+def test_run_options_give_the_plain_states():
+    model = DTESN(120, seed=8)
+    batch = RNG.uniform(-1, 1, size=(3, 400, 2))
+    full = model.run(batch)
+    np.testing.assert_array_equal(model.run(batch, states="last"), full[:, -1])
+    np.testing.assert_array_equal(model.run(batch[0], states="last"), full[0, -1])
+    as32 = model.run(batch, dtype="float32")
+    assert as32.dtype == np.float32
+    np.testing.assert_array_equal(as32, full.astype(np.float32))
+    out = np.empty_like(full)
+    assert model.run(batch, out=out) is out
+    np.testing.assert_array_equal(out, full)
+    seqs = [batch[0, :50], batch[1], batch[2, :200]]
+    last = model.run(seqs, states="last")
+    for s, v in zip(seqs, last, strict=True):
+        np.testing.assert_array_equal(v, model.run(s)[-1])
+    with pytest.raises(ValueError, match="out must have shape"):
+        model.run(batch, out=np.empty((3, 400, 7)))
+    with pytest.raises(ValueError, match="states"):
+        model.run(batch, states="first")

@@ -480,10 +480,70 @@ class DTESN:
             return
         yield from overlapped(window, len(starts), lambda item: work(*item), ahead=_AHEAD)
 
-    def run(self, X: Any, *, initial_state: np.ndarray | None = None) -> Any:
-        """Reservoir states: (T, N), (B, T, N) or a list of (T_b, N), matching X."""
+    def run(
+        self,
+        X: Any,
+        *,
+        initial_state: np.ndarray | None = None,
+        states: str = "all",
+        dtype: str | np.dtype | None = None,
+        out: np.ndarray | None = None,
+    ) -> Any:
+        """Reservoir states: (T, N), (B, T, N) or a list of (T_b, N), matching X.
+
+        ``states="last"``: only each sequence's final state, (N,), (B, N) or a list of (N,);
+        the states before it are integrated in windows of ~16 MB and never stored whole.
+        ``dtype``: the returned states' dtype (e.g. "float32" from a float64 run: half the
+        memory, converted window by window, so the float64 states never exist whole).
+        ``out``: an array of the result's shape and dtype to write the states into (an
+        array input; not with a list of sequences), which is returned. The numbers are
+        those of the plain call in every case.
+        """
+        if states not in ("all", "last"):
+            raise ValueError(f"states must be 'all' or 'last', got {states!r}")
         batch = _Batch(X)
-        return batch.unpack(self._states(batch, initial_state))
+        if states == "all" and dtype is None and out is None:
+            return batch.unpack(self._states(batch, initial_state))
+        res = self._ensure_reservoir(batch.width)
+        want = np.dtype(dtype) if dtype is not None else None
+        if out is not None:
+            if batch.kind == "list":
+                raise ValueError("out= needs an array input, not a list of sequences")
+            want = want or out.dtype
+        want = want or res.dtype
+        B, T, N = len(batch.lengths), int(batch.lengths[0]), res.units
+        shape = (B, N) if states == "last" else (B, T, N)
+        public = shape[1:] if batch.kind in ("1d", "2d") else shape
+        if out is not None:
+            if out.shape != public or out.dtype != want:
+                raise ValueError(
+                    f"out must have shape {public} and dtype {want}, got {out.shape} {out.dtype}"
+                )
+            dest = out.reshape(shape)  # a view (1d/2d inputs gain the batch axis)
+        else:
+            dest = np.empty(shape, want)
+        ends = batch.lengths
+
+        def keep(t0: int, S: np.ndarray) -> None:
+            k, L = S.shape[:2]
+            if states == "all":
+                dest[:k, t0 : t0 + L] = S
+                return
+            done = np.nonzero((ends[:k] > t0) & (ends[:k] <= t0 + L))[0]
+            dest[done] = S[done, ends[done] - 1 - t0]
+
+        for _ in self._windows(batch, initial_state, keep):
+            pass
+        if states == "last":
+            if batch.kind in ("1d", "2d"):
+                return out if out is not None else dest[0]
+            if batch.kind == "3d":
+                return out if out is not None else dest
+            result: list[Any] = [None] * B
+            for i, j in enumerate(batch.order):
+                result[j] = dest[i]
+            return result
+        return out if out is not None else batch.unpack(dest)
 
     def fit(self, X: Any, Y: Any, warmup: int = 100) -> DTESN:
         """Ridge readout on [1, u, x] over all rows after the first ``warmup`` of each sequence.
