@@ -373,7 +373,9 @@ class Reservoir:
         if backend not in ("auto", "numpy", "numba"):
             raise ValueError(f"backend must be auto, numpy or numba, got {backend!r}")
         if backend == "numba" and _numba_kernels() is None:
-            raise ValueError("backend='numba' needs Numba: pip install 'dtecho[fast]'")
+            raise ValueError(
+                "backend='numba' needs Numba, which is not importable here: pip install numba"
+            )
         if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs < 1:
             raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
         self.W, self.W_in, self.bias, self.leak = W, W_in, bias, leak
