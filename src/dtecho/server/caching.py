@@ -150,13 +150,15 @@ class RouteCache:
         model: str | None = None,
         request: Request | None = None,
     ) -> tuple[bytes, XCache]:
-        """The JSON bytes of ``await compute()``, from the cache when possible, and where
-        they came from (the ``X-Cache`` value). ``key=None`` bypasses the cache. With
+        """The JSON bytes of ``await compute()`` (a JSON value, or its encoding as
+        :func:`encode_json` writes it), from the cache when possible, and where they came from
+        (the ``X-Cache`` value). ``key=None`` bypasses the cache. With
         ``request``, whose bytes alone decide ``key``, the fast path may answer the same
         bytes later (:mod:`dtecho.server.fast_path`)."""
 
         async def encoded() -> bytes:
-            return encode_json(await compute())
+            value = await compute()  # JSON bytes already (no JSON value is bytes), or a value
+            return value if isinstance(value, bytes) else encode_json(value)
 
         if key is None:
             self.cache.note_bypass()

@@ -14,10 +14,12 @@ they have the identical canonical key; and the entry is read from the same tiers
 same invalidation and expiry) as the routes use. An alias never outlives its meaning: a
 request the route did not cache (opted out, not deterministic) never gets one.
 
-The OpenAI POST routes (chat completions, completions, embeddings) that miss the cache are
-*dispatched directly*: FastAPI's routing, exception middleware and dependency machinery took
-about half of the app's own CPU per relayed chat completion (about 100 of 200 µs, measured
-in-process with the upstream stubbed out), and these routes use none of it. A
+The OpenAI POST routes (chat completions, completions, embeddings) and DTESN ``process`` and
+``batch`` that miss the cache are *dispatched directly*: FastAPI's routing, exception
+middleware and dependency machinery took about half of the app's own CPU per relayed chat
+completion (about 100 of 200 µs, measured in-process with the upstream stubbed out), and
+about half of the event loop's time per ``/v1/dtesn/process`` request, and these routes use
+none of it. A
 :class:`DirectRoute` is taken from the registered route itself, so the body is validated by
 the route's own body field, the endpoint called is the route's own function, and an
 exception is answered by the handler the app's exception middleware would pick. A request
@@ -184,10 +186,12 @@ class DirectRoute:
 
 
 def direct_routes() -> dict[str, DirectRoute]:
-    """The OpenAI routes that qualify for direct dispatch, by path."""
-    from dtecho.server.routes import openai  # the routes import the cache, which imports us
+    """The routes that qualify for direct dispatch (the OpenAI ones and DTESN ``process``
+    and ``batch``), by path."""
+    from dtecho.server.routes import dtesn, openai  # they import the cache, which imports us
 
-    found = (DirectRoute.of(r) for r in openai.router.routes if isinstance(r, APIRoute))
+    routes = [*openai.router.routes, *dtesn.router.routes]
+    found = (DirectRoute.of(r) for r in routes if isinstance(r, APIRoute))
     return {route.path: route for route in found if route is not None and route.path in FAST_PATHS}
 
 

@@ -147,13 +147,17 @@ def render_encoded(
     page: Callable[[Any], str] | None = None,
     root: str = "response",
     headers: dict[str, str] | None = None,
+    chosen: str | None = None,
 ) -> Response:
     """:func:`render` for data already encoded as JSON (a cached result): JSON clients get
     the bytes as they are, other representations decode them first. ``page`` receives the
-    decoded data; ``headers`` are added to the response."""
+    decoded data; ``headers`` are added to the response. ``chosen``: what :func:`negotiate`
+    already picked for this request among the same offers, if it was asked before."""
     extra = headers or {}
     offered = OFFERED if page is not None else (JSON, XML, MSGPACK)
-    if negotiate(request.headers.get("accept"), offered) == JSON:
+    if chosen is None:
+        chosen = negotiate(request.headers.get("accept"), offered)
+    if chosen == JSON:
         return Response(encoded, 200, {"vary": "Accept", **extra}, media_type=JSON)
     data = json.loads(encoded)
     response = render(request, data, page=(lambda: page(data)) if page else None, root=root)

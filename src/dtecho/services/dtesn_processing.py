@@ -9,6 +9,8 @@ at the next chunk.
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -18,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from dtecho.batching.micro import usable_cpus
 from dtecho.dtesn import DTESN, bseries
+from dtecho.dtesn.membranes import Membrane
 from dtecho.dtesn.reservoir import spectral_radius
 from dtecho.dtesn.text import VOCAB, project_bytes
 
@@ -62,9 +64,61 @@ class NetworkConfig:
             matrix_format="sparse",
             weights="random",  # pinned: the library's "auto" would change a served network
             backend="auto",
-            # A batch of ≥ 16 sequences is split over this many threads in the compiled loop
-            # (the numbers do not depend on it); one sequence always runs on one thread.
-            n_jobs=usable_cpus(),
+            # One thread per run: the service spreads work over the cores itself, a batch
+            # per core (the micro-batcher's lanes, the batch route's chunks). Split over
+            # threads, a batch of 32 became two of 16, which cost ~1.4× as much per sequence
+            # (the 32-sequence register tiles went unused), plus two thread starts per run.
+            n_jobs=1,
+        )
+
+
+def _json(value: Any) -> str:
+    """JSON text as the routes write it (compact, UTF-8 as is, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _floats(values: Sequence[float]) -> str:
+    """``values`` as the comma-separated JSON numbers ``json.dumps`` writes (``float.__repr__``)."""
+    text = ",".join(map(float.__repr__, values))
+    if "n" in text:  # only "nan" and "inf" hold an n: json.dumps(allow_nan=False) refuses them
+        raise ValueError("Out of range float values are not JSON compliant")
+    return text
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What every result of one network has in common: the membranes' descriptions, their
+    blocks of units, and the JSON text around the numbers (encoded once, not per request)."""
+
+    membranes: tuple[dict[str, Any], ...]  # Membrane.as_dict() of each
+    blocks: tuple[tuple[int, int, int], ...]  # (start, stop, units) of each
+    roots: tuple[float, ...]  # sqrt(units) of each
+    head: str  # after "steps": the configuration, up to the first membrane
+    membrane_heads: tuple[str, ...]  # '{"id":…,"tau":…,"final_state_norm":' (',' first after 0)
+    tail: str  # after the features: the B-series, spectral radius and "processing_time_ms":
+
+    @classmethod
+    def of(cls, config: NetworkConfig, membranes: Sequence[Membrane], radius: float,
+           order: int, checked: int) -> _Layout:  # fmt: skip
+        described = tuple(m.as_dict() for m in membranes)
+        config_part = _json(
+            {"membrane_depth": config.membrane_depth, "esn_size": config.esn_size,
+             "seed": config.seed}
+        )  # fmt: skip
+        bseries_part = _json(
+            {"integrator": config.integrator, "order": order, "order_conditions_checked": checked}
+        )
+        return cls(
+            membranes=described,
+            blocks=tuple((m.start, m.stop, m.units) for m in membranes),
+            roots=tuple(math.sqrt(m.units) for m in membranes),
+            head="," + config_part[1:-1] + ',"membranes":[',
+            membrane_heads=tuple(
+                ("," if i else "") + _json(d)[:-1] + ',"final_state_norm":'
+                for i, d in enumerate(described)
+            ),
+            tail=f'],"bseries":{bseries_part},"spectral_radius":{_floats([radius])}'
+            ',"processing_time_ms":',
         )
 
 
@@ -75,15 +129,18 @@ class _Network:
     order: int
     conditions_checked: int
     table: np.ndarray | None  # (256, N) W_in[:, byte] + b for byte inputs: a row gather
+    layout: _Layout
 
 
 @dataclass
 class ProcessResult:
-    """The real outcome of one run, JSON-ready through :meth:`as_dict`."""
+    """The real outcome of one run, JSON-ready through :meth:`as_dict` (or JSON itself through
+    :meth:`to_json`)."""
 
     config: NetworkConfig
     steps: int
-    membranes: list[dict[str, Any]]
+    norms: list[float]  # per membrane: the final state's norm…
+    mean_abs: list[float]  # …the mean |activation| over steps and units
     features: list[float]
     final_state: np.ndarray
     trajectory: list[list[float]] | None
@@ -91,6 +148,18 @@ class ProcessResult:
     order: int
     conditions_checked: int
     processing_time_ms: float
+    layout: _Layout
+
+    @property
+    def membranes(self) -> list[dict[str, Any]]:
+        """Each membrane's description with its ``final_state_norm`` and
+        ``mean_abs_activation``."""
+        return [
+            {**described, "final_state_norm": norm, "mean_abs_activation": mean_abs}
+            for described, norm, mean_abs in zip(
+                self.layout.membranes, self.norms, self.mean_abs, strict=True
+            )
+        ]
 
     def as_dict(self, include_states: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -113,6 +182,28 @@ class ProcessResult:
         if self.trajectory is not None:
             out["trajectory"] = self.trajectory
         return out
+
+    def to_json(self, include_states: bool = False) -> bytes:
+        """``as_dict(include_states)`` as the routes' JSON, byte for byte, written from the
+        network's pre-encoded text and the numbers (``json.dumps`` of the dict took about
+        twice as long; what remains is mostly ``float.__repr__``, which it calls too)."""
+        layout = self.layout
+        m = len(self.norms)
+        numbers = [*self.norms, *self.mean_abs, *self.features, self.processing_time_ms]
+        text = list(map(float.__repr__, numbers))
+        if not all(map(math.isfinite, numbers)):  # as json.dumps(allow_nan=False)
+            raise ValueError("Out of range float values are not JSON compliant")
+        parts = ['{"steps":', str(self.steps), layout.head]
+        for i, head in enumerate(layout.membrane_heads):
+            parts += (head, text[i], ',"mean_abs_activation":', text[m + i], "}")
+        parts += ('],"features":[', ",".join(text[2 * m : -1]), layout.tail, text[-1])
+        if include_states:
+            parts += (',"esn_state":[', _floats(self.final_state.tolist()), "]")
+        if self.trajectory is not None:
+            rows = ",".join(f"[{_floats(row)}]" for row in self.trajectory)
+            parts += (',"trajectory":[', rows, "]")
+        parts.append("}")
+        return "".join(parts).encode()
 
 
 class Processor:
@@ -140,12 +231,15 @@ class Processor:
             table = np.ascontiguousarray(reservoir.W_in.T, dtype=reservoir.dtype)
             if reservoir.bias.any():
                 table += reservoir.bias.astype(reservoir.dtype)
+        radius = spectral_radius(reservoir.W)
+        checked = len(bseries.order_conditions(min(order + 1, 8)))
         built = _Network(
             model=model,
-            spectral_radius=spectral_radius(reservoir.W),
+            spectral_radius=radius,
             order=order,
-            conditions_checked=len(bseries.order_conditions(min(order + 1, 8))),
+            conditions_checked=checked,
             table=table,
+            layout=_Layout.of(config, model.membranes_, radius, order, checked),
         )
         with self._lock:
             self._networks[config] = built
@@ -188,7 +282,7 @@ class Processor:
         started = time.perf_counter()
         network = self.network(config)
         reservoir = network.model.reservoir_
-        membranes = network.model.membranes_
+        blocks = network.layout.blocks
         order = sorted(range(len(inputs)), key=lambda b: -len(inputs[b]))
         seqs = [inputs[b] for b in order]
         lengths = np.array([len(seq) for seq in seqs])
@@ -206,12 +300,16 @@ class Processor:
             width = int(steps[0])
             live = steps[:active]
             P = self._project(network, seqs[:active], start, live, width)
-            states = reservoir.run_projected(P, x0=x[:active], lengths=live)
+            # Lengths only when they differ (sorted: the last is the shortest): the same
+            # states either way, but the reservoir counts the running sequences of every
+            # step from them in Python (~1 µs a step, as much as a step of the product).
+            ragged = int(live[-1]) != width
+            states = reservoir.run_projected(P, x0=x[:active], lengths=live if ragged else None)
             x[:active] = states[np.arange(active), live - 1]
             for b in range(active):
-                for t in wanted[b][(wanted[b] >= start) & (wanted[b] < start + steps[b])]:
-                    row = states[b, t - start]
-                    trajectories[b].append([_rms(row[m.start : m.stop]) for m in membranes])
+                times = wanted[b][(wanted[b] >= start) & (wanted[b] < start + steps[b])]
+                if times.size:
+                    trajectories[b] += _rms_rows(states[b, times - start], blocks)
                 if steps[b] < width:  # rows past a sequence's end hold inputs: add zeros
                     states[b, steps[b] :] = 0
             # Whole-batch reductions over time (each sums a sequence's rows in time order,
@@ -221,11 +319,18 @@ class Processor:
             sum_abs[:active] += np.abs(states, out=states).sum(axis=1)
             if progress is not None:
                 progress(min(start + CHUNK_STEPS, total), total)
+        # Per-membrane statistics of the whole batch at once: each membrane's block of a
+        # row reduces exactly as that row's block alone would (the same pairwise sum).
+        counts = np.maximum(lengths, 1)
+        mean_act = [sum_state[:, lo:hi].sum(axis=1) / (counts * units) for lo, hi, units in blocks]
+        mean_abs = [sum_abs[:, lo:hi].sum(axis=1) / (counts * units) for lo, hi, units in blocks]
+        act_rows = np.stack(mean_act, axis=1).tolist()
+        abs_rows = np.stack(mean_abs, axis=1).tolist()
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         results: list[ProcessResult | None] = [None] * batch
         for b, original in enumerate(order):
             results[original] = self._describe(
-                config, network, int(lengths[b]), x[b], sum_abs[b], sum_state[b],
+                config, network, int(lengths[b]), x[b], act_rows[b], abs_rows[b],
                 trajectories[b] if trajectory_points else None, elapsed,
             )  # fmt: skip
         return results  # type: ignore[return-value]
@@ -265,27 +370,23 @@ class Processor:
         network: _Network,
         total: int,
         state: np.ndarray,
-        sum_abs: np.ndarray,
-        sum_state: np.ndarray,
+        mean_act: list[float],
+        mean_abs: list[float],
         trajectory: list[list[float]] | None,
         elapsed_ms: float,
     ) -> ProcessResult:
-        steps = max(total, 1)
         final = state.astype(np.float64)
-        described, features = [], []
-        for m in network.model.membranes_:
-            block = slice(m.start, m.stop)
-            mean_abs = float(sum_abs[block].sum() / (steps * m.units))
-            mean_act = float(sum_state[block].sum() / (steps * m.units))
-            norm = float(np.linalg.norm(final[block]))
-            described.append(
-                {**m.as_dict(), "final_state_norm": norm, "mean_abs_activation": mean_abs}
-            )
-            features += [mean_act, mean_abs, norm / np.sqrt(m.units)]
+        layout = network.layout
+        # ‖v‖ as np.linalg.norm computes it for a real vector: sqrt(v·v), one dot product
+        norms = [math.sqrt(final[lo:hi].dot(final[lo:hi])) for lo, hi, _ in layout.blocks]
+        features: list[float] = []
+        for act, absolute, norm, root in zip(mean_act, mean_abs, norms, layout.roots, strict=True):
+            features += (act, absolute, norm / root)
         return ProcessResult(
             config=config,
             steps=total,
-            membranes=described,
+            norms=norms,
+            mean_abs=mean_abs,
             features=features,
             final_state=final,
             trajectory=trajectory,
@@ -293,11 +394,15 @@ class Processor:
             order=network.order,
             conditions_checked=network.conditions_checked,
             processing_time_ms=elapsed_ms,
+            layout=layout,
         )
 
 
-def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
+def _rms_rows(rows: np.ndarray, blocks: Sequence[tuple[int, int, int]]) -> list[list[float]]:
+    """Per row (a state), the RMS of each membrane's block: sqrt(mean(square)), the same
+    pairwise sum per block as for one block alone."""
+    columns = [np.sqrt(np.square(rows[:, lo:hi]).sum(axis=1) / units) for lo, hi, units in blocks]
+    return np.stack(columns, axis=1).tolist()  # type: ignore[no-any-return]
 
 
 def _trajectory_steps(total: int, points: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dtecho.batching.micro import BatchObserver, batcher_from_settings
+from dtecho.batching.micro import BatchObserver, batcher_from_settings, usable_cpus
 from dtecho.config import BatchingSettings, DtesnSettings
 from dtecho.dtesn import trees
 from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
@@ -99,6 +99,15 @@ class DtesnService:
 
     async def process(self, request: ProcessRequest) -> dict[str, Any]:
         """Run one input; the result of :meth:`ProcessResult.as_dict`."""
+        result = await self._process(request)
+        return result.as_dict(request.include_states)
+
+    async def process_json(self, request: ProcessRequest) -> bytes:
+        """Run one input; :meth:`process`'s result as the routes' JSON bytes."""
+        result = await self._process(request)
+        return result.to_json(request.include_states)
+
+    async def _process(self, request: ProcessRequest) -> ProcessResult:
         config, data = self.prepare(request.input, request)
         attributes = {
             semconv.DTESN_UNITS: request.esn_size,
@@ -106,18 +115,18 @@ class DtesnService:
         }
         with tr.span(semconv.SPAN_DTESN, attributes) as span:
             result = await self._compute(config, data, request.trajectory_points)
-            answer = result.as_dict(request.include_states)
             if span.is_recording():
-                span.set_attribute(semconv.DTESN_STEPS, int(answer["steps"]))
-                span.set_attribute(semconv.DTESN_MEMBRANES, len(answer["membranes"]))
+                span.set_attribute(semconv.DTESN_STEPS, result.steps)
+                span.set_attribute(semconv.DTESN_MEMBRANES, len(result.norms))
         self.outcomes["process", "completed"] += 1
-        return answer
+        return result
 
     async def batch(self, inputs: list[Any], options: ProcessOptions) -> dict[str, Any]:
         """Run every input with one configuration; a bad item fails alone, in place.
 
         Valid items of the same input kind run as vectorised batches of up to the batching
-        size (one item at a time when batching is disabled)."""
+        size (one item at a time when batching is disabled), as many at once as there are
+        usable CPUs."""
         data: list[dict[str, Any] | None] = [None] * len(inputs)
         groups: dict[NetworkConfig, list[tuple[int, Any]]] = {}
         for index, value in enumerate(inputs):
@@ -134,17 +143,25 @@ class DtesnService:
                 continue
             groups.setdefault(config, []).append((index, prepared))
         points = options.trajectory_points
-        for config, members in groups.items():
-            for start in range(0, len(members), self.batch_size):
-                chunk = members[start : start + self.batch_size]
+        chunks = [
+            (config, members[start : start + self.batch_size])
+            for config, members in groups.items()
+            for start in range(0, len(members), self.batch_size)
+        ]
+        lanes = asyncio.Semaphore(usable_cpus())  # a chunk per core at a time
+
+        async def run(config: NetworkConfig, chunk: list[tuple[int, Any]]) -> None:
+            async with lanes:
                 results = await asyncio.to_thread(
                     self.processor.process_many,
                     config,
                     [prepared for _, prepared in chunk],
                     trajectory_points=points,
                 )
-                for (index, _), result in zip(chunk, results, strict=True):
-                    data[index] = {"index": index, "result": result.as_dict(options.include_states)}
+            for (index, _), result in zip(chunk, results, strict=True):
+                data[index] = {"index": index, "result": result.as_dict(options.include_states)}
+
+        await asyncio.gather(*(run(config, chunk) for config, chunk in chunks))
         failed = sum("error" in item for item in data if item is not None)
         self.outcomes["batch", "completed"] += 1
         return {"object": "list", "data": data, "succeeded": len(data) - failed, "failed": failed}

@@ -26,7 +26,7 @@ async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, XCach
     key = state.cache.request_key(request, body, "/v1/dtesn/process", DTESN_MODEL)
     return await state.cache.json(
         key,
-        lambda: state.dtesn.process(body),
+        lambda: state.dtesn.process_json(body),
         tags=body.invalidation_tags,
         model=DTESN_MODEL,
         request=request,
@@ -38,17 +38,17 @@ async def process(body: ProcessRequest, request: Request) -> Response:
     """Run one input through a DTESN of the requested shape; the real per-membrane result
     (JSON, HTML, XML or msgpack by ``Accept``). Results are cached (``X-Cache``)."""
     state = get_state(request)
-    negotiate(request.headers.get("accept"))  # a 406 before any work
+    chosen = negotiate(request.headers.get("accept"))  # a 406 before any work
     encoded, tier = await _process(request, body)
-    form = {"input": body.input if isinstance(body.input, str) else "(vectors)",
-            "membrane_depth": body.membrane_depth, "esn_size": body.esn_size,
-            "integrator": body.integrator, "seed": body.seed}  # fmt: skip
+
+    def page(result: Any) -> str:
+        form = {"input": body.input if isinstance(body.input, str) else "(vectors)",
+                "membrane_depth": body.membrane_depth, "esn_size": body.esn_size,
+                "integrator": body.integrator, "seed": body.seed}  # fmt: skip
+        return state.pages.dtesn(form, result)
+
     return render_encoded(
-        request,
-        encoded,
-        page=lambda result: state.pages.dtesn(form, result),
-        root="process",
-        headers={CACHE_HEADER: tier},
+        request, encoded, page=page, root="process", headers={CACHE_HEADER: tier}, chosen=chosen
     )
 
 
