@@ -62,7 +62,7 @@ def _split(u: np.ndarray, y: np.ndarray, n_train: int) -> tuple:
     return u[:n_train], y[:n_train], u[n_train:], y[n_train:]
 
 
-def mackey_glass_freerun(seed: int, n_train: int = 2000, horizon: int = 100) -> Task:
+def mackey_glass_freerun(seed: int, n_train: int = 2000, horizon: int = 300) -> Task:
     """Mackey–Glass τ=17, one sample per time unit; fit one step ahead, then run free.
 
     The data seed picks where on the attractor the series starts (a different transient)."""

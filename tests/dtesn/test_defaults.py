@@ -16,7 +16,7 @@ X, T = U[:-1, None], Y[1:, None]
 
 @pytest.mark.parametrize("init", ["uniform", "normal", "bernoulli"])
 def test_input_initialisers_draw_from_their_distribution(init):
-    model = DTESN(400, input_init=init, input_scaling=0.5, input_norm="none")
+    model = DTESN(400, input_init=init, input_scaling=0.5, input_norm="none", input_connectivity=1)
     W_in = model.run(np.zeros((1, 3))) is not None and model.reservoir_.W_in
     values = W_in.ravel() / 0.5
     if init == "bernoulli":
@@ -34,6 +34,14 @@ def test_recurrent_initialiser_keeps_the_exact_spectral_radius():
     bern = DTESN(200, recurrent_init="bernoulli", weights="random")
     bern.run(np.zeros((1, 1)))
     assert len(np.unique(np.abs(bern.reservoir_.W.data))) == 1  # ±c, one magnitude
+
+
+def test_default_inputs_reach_a_tenth_of_the_units_as_plus_minus_the_scale():
+    model = DTESN(2000, input_norm="none")
+    model.run(np.zeros((1, 1)))
+    W_in = model.reservoir_.W_in[:, 0]
+    assert 0.08 < np.mean(W_in != 0) < 0.12
+    assert set(np.unique(np.abs(W_in[W_in != 0]))) == {0.05}
 
 
 def test_bias_connectivity_keeps_that_share_of_biases():
@@ -90,16 +98,19 @@ def test_ridge_path_equals_explicit_fits():
 
 def test_auto_ridge_keeps_a_mackey_glass_free_run_bounded():
     """The least-MSE ridge of this nearly noiseless series is tiny, and its closed loop
-    diverges; the ridge="auto" rule's slack keeps the free run on the attractor."""
+    diverges (shown with every unit hearing the input, where it does); the ridge="auto"
+    rule's slack keeps the free run on the attractor, there and at the defaults."""
     series = datasets.mackey_glass(1200)
     X, Y = series[:999, None], series[1:1000, None]
-    for units in (60, 200, 500):
-        model = DTESN(units).fit(X, Y)
+    dense_input = {"input_connectivity": 1.0, "input_init": "uniform"}
+    for units, kw in [(u, dense_input) for u in (200, 500)] + [(u, {}) for u in (60, 200, 500)]:
+        model = DTESN(units, **kw).fit(X, Y)
         free = model.generate(300, warmup=series[:600, None])
-        assert np.all(np.abs(free) < 2.0), units  # the attractor lies within (0.4, 1.35)
-        least_ridge = min(model.ridge_path_, key=lambda r: r[1])[0]
-        tiny = DTESN(units, ridge=least_ridge).fit(X, Y).generate(300, series[:600, None])
-        assert units == 60 or not np.all(np.abs(tiny) < 2.0)  # the least-MSE one diverges
+        assert np.all(np.abs(free) < 2.0), (units, kw)  # the attractor lies in (0.4, 1.35)
+        if kw:
+            least = min(model.ridge_path_, key=lambda r: r[1])[0]
+            tiny = DTESN(units, ridge=least, **kw).fit(X, Y)
+            assert not np.all(np.abs(tiny.generate(300, series[:600, None])) < 2.0)
 
 
 def test_auto_ridge_refits_on_all_rows_with_the_chosen_ridge():

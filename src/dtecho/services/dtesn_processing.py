@@ -55,6 +55,11 @@ class NetworkConfig:
             tau_scaling=2.0,  # each level inward integrates twice as slowly
             input_scaling=1.0,
             bias_scaling=0.1,
+            # pinned (the library's defaults changed after its defaults study): a served
+            # network's numbers must not change with them
+            input_connectivity=1.0,
+            input_init="uniform",
+            input_norm="none",
             # CSR products accumulate every row in the same order whatever the batch width,
             # so a sequence gives bit-identical numbers alone or batched with others. That
             # holds for SciPy's products and for the compiled Numba kernels (the ``fast``
