@@ -411,13 +411,34 @@ def _trial(
         # combination of sampled values (a tree with too few units, overflowing states).
         return {"state": "failed", "score": None, "ridge": None, "folds": [], "error": str(exc)}
     mean = np.mean(scores, axis=0)
-    at = int(np.nanargmin(mean))
+    at = _regular_ridge(np.asarray(scores), mean, np.asarray(grid), metric)
     return {
         "state": state,
         "score": float(mean[at]),
         "ridge": float(grid[at]),
         "folds": [float(s[at]) for s in scores],
     }
+
+
+def _regular_ridge(scores: np.ndarray, mean: np.ndarray, grid: np.ndarray, metric: str) -> int:
+    """Index of the ridge a trial keeps: the largest whose mean score is within one
+    standard error (over the folds, at the best ridge) of the best, or, for an NRMSE below
+    0.01 (a nearly noiseless fit), within √10 times the best (at most 0.01) — the rule of
+    ``ridge="auto"`` (``readout.ridge_path``): among readouts that validate about equally
+    well, the most regular one, whose closed loop (``generate``) stays stable; the least
+    score's ridge of a Mackey–Glass series often diverges in a free run."""
+    best = int(np.nanargmin(mean))
+    least = float(mean[best])
+    column = scores[:, best]
+    se = float(np.std(column, ddof=1) / np.sqrt(len(column))) if len(column) > 1 else 0.0
+    threshold = least + se
+    if metric == "nrmse" and least < _NEAR_EXACT_NRMSE:
+        threshold = max(threshold, min(np.sqrt(10.0) * least, _NEAR_EXACT_NRMSE))
+    within = np.nonzero(np.isfinite(mean) & (mean <= threshold))[0]
+    return int(within[np.argmax(grid[within])]) if within.size else best
+
+
+_NEAR_EXACT_NRMSE = 0.01
 
 
 def check_folds(X: Any, Y: Any, *, folds: int = 3, warmup: int = 100, split: str = "auto") -> str:
