@@ -132,17 +132,22 @@ def _validation_part(task: Task, predicted: Any) -> Any:
     return predicted
 
 
+def dtesn_validation_score(task: Task, model: DTESN) -> float:
+    """A fitted DTESN's score on the task's validation part."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        if task.kind == "freerun":
+            return _finite(task, model.generate(task.horizon, warmup=task.X_val))
+        return _finite(task, _validation_part(task, model.predict(_validation_inputs(task))))
+
+
 def dtesn_score(task: Task, params: dict[str, Any], units: int, seed: int) -> float:
     """Fit a DTESN with ``params`` on the task's training part, score on validation."""
     model = DTESN(units=units, seed=seed, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(task.X, task.Y, warmup=task.warmup)
-        if task.kind == "freerun":
-            predicted = model.generate(task.horizon, warmup=task.X_val)
-        else:
-            predicted = _validation_part(task, model.predict(_validation_inputs(task)))
-    return _finite(task, predicted)
+    return dtesn_validation_score(task, model)
 
 
 def _finite(task: Task, predicted: Any) -> float:
@@ -150,48 +155,9 @@ def _finite(task: Task, predicted: Any) -> float:
         return task.score(predicted)  # a diverged run scores the task's cap
 
 
-def reservoirpy_score(task: Task, units: int, seed: int, **params: Any) -> float:
-    """ReservoirPy's ``ESN(units=…)`` (its defaults, unless ``params`` override them)."""
-    from reservoirpy.esn import ESN
-
-    esn = ESN(units=units, seed=seed, **params)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        esn.fit(task.X, task.Y, warmup=task.warmup)
-        if task.kind == "freerun":
-            esn.reset()
-            u = esn.run(task.X_val)[-1]
-            out = [u]
-            for _ in range(task.horizon - 1):
-                u = esn(u)
-                out.append(u)
-            predicted = np.asarray(out)
-        elif task.kind == "teacher":
-            esn.reset()
-            predicted = _validation_part(task, esn.run(_validation_inputs(task)))
-        else:
-            predicted = []
-            for x in task.X_val:
-                esn.reset()
-                predicted.append(esn.run(x))
-    return _finite(task, predicted)
-
-
-# -- searches with the same budget --------------------------------------------------------
-
-
-def _score_model(task: Task, model: Any, kind: str) -> float:
-    """Score a fitted DTESN (kind "dtesn") or ReservoirPy model on the task's validation."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        if kind == "dtesn":
-            if task.kind == "freerun":
-                return _finite(task, model.generate(task.horizon, warmup=task.X_val))
-            return _finite(task, _validation_part(task, model.predict(_validation_inputs(task))))
-    return _rpy_predict_score(task, model)
-
-
-def _rpy_predict_score(task: Task, esn: Any) -> float:
+def reservoirpy_validation_score(task: Task, esn: Any) -> float:
+    """A fitted ReservoirPy model's score on the task's validation part (from its reset
+    state: the free run and the teacher-forced rows rerun the training inputs first)."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         if task.kind == "freerun":
@@ -212,13 +178,27 @@ def _rpy_predict_score(task: Task, esn: Any) -> float:
         return _finite(task, predicted)
 
 
+def reservoirpy_score(task: Task, units: int, seed: int, **params: Any) -> float:
+    """ReservoirPy's ``ESN(units=…)`` (its defaults, unless ``params`` override them)."""
+    from reservoirpy.esn import ESN
+
+    esn = ESN(units=units, seed=seed, **params)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        esn.fit(task.X, task.Y, warmup=task.warmup)
+    return reservoirpy_validation_score(task, esn)
+
+
+# -- searches with the same budget --------------------------------------------------------
+
+
 def dtesn_tuned_score(task: Task, units: int, seed: int, trials: int) -> float:
     """``DTESN(units).tune`` with ``trials`` trials on the training part (its own folds)."""
     model = DTESN(units=units, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.tune(task.X, task.Y, n_trials=trials, seed=seed, warmup=task.warmup)
-    return _score_model(task, model, "dtesn")
+    return dtesn_validation_score(task, model)
 
 
 def _rpy_esn(units: int, seed: int, hp: dict[str, float]) -> Any:
@@ -292,7 +272,7 @@ def reservoirpy_hyper_score(task: Task, units: int, seed: int, trials: int, tmp:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         esn.fit(task.X, task.Y, warmup=task.warmup)
-    return _rpy_predict_score(task, esn)
+    return reservoirpy_validation_score(task, esn)
 
 
 def run_searches(units: int, seeds: list[int], trials: int) -> list[dict[str, Any]]:
