@@ -7,6 +7,8 @@ NumPy arrays. Times are in the equation's own time units; "samples" are the retu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = [
@@ -144,6 +146,37 @@ def narma(
     return u, y
 
 
+def _rk4_samples(
+    f: Callable[[float, float, float], tuple[float, float, float]],
+    x0: tuple[float, float, float],
+    n: int,
+    dt: float,
+    substeps: int,
+    transient: float,
+) -> np.ndarray:
+    """n rows of a 3-D autonomous ODE dx/dt = f(x), one every dt, by classical RK4 with step
+    dt/substeps, after discarding the first ``transient`` time units."""
+    if n < 0 or dt <= 0 or substeps < 1 or transient < 0:
+        raise ValueError("need n >= 0, dt > 0, substeps >= 1 and transient >= 0")
+    h = dt / substeps
+    h2, h6 = 0.5 * h, h / 6.0
+    x, y, z = (float(v) for v in x0)
+    skip = round(transient / dt)
+    out = np.empty((n, 3))
+    for row in range(-skip, n):
+        if row >= 0:
+            out[row] = (x, y, z)
+        for _ in range(substeps):
+            a1, b1, c1 = f(x, y, z)
+            a2, b2, c2 = f(x + h2 * a1, y + h2 * b1, z + h2 * c1)
+            a3, b3, c3 = f(x + h2 * a2, y + h2 * b2, z + h2 * c2)
+            a4, b4, c4 = f(x + h * a3, y + h * b3, z + h * c3)
+            x += h6 * (a1 + 2.0 * a2 + 2.0 * a3 + a4)
+            y += h6 * (b1 + 2.0 * b2 + 2.0 * b3 + b4)
+            z += h6 * (c1 + 2.0 * c2 + 2.0 * c3 + c4)
+    return out
+
+
 def lorenz(
     n: int,
     dt: float = 0.01,
@@ -161,29 +194,11 @@ def lorenz(
     discarded so the samples lie on the attractor (with the classic σ, ρ, β the long-run
     mean of z is about 23.5).
     """
-    if n < 0 or dt <= 0 or substeps < 1 or transient < 0:
-        raise ValueError("need n >= 0, dt > 0, substeps >= 1 and transient >= 0")
-    h = dt / substeps
-    h2, h6 = 0.5 * h, h / 6.0
-    x, y, z = (float(v) for v in x0)
 
     def f(x: float, y: float, z: float) -> tuple[float, float, float]:
         return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
 
-    skip = round(transient / dt)
-    out = np.empty((n, 3))
-    for row in range(-skip, n):
-        if row >= 0:
-            out[row] = (x, y, z)
-        for _ in range(substeps):
-            a1, b1, c1 = f(x, y, z)
-            a2, b2, c2 = f(x + h2 * a1, y + h2 * b1, z + h2 * c1)
-            a3, b3, c3 = f(x + h2 * a2, y + h2 * b2, z + h2 * c2)
-            a4, b4, c4 = f(x + h * a3, y + h * b3, z + h * c3)
-            x += h6 * (a1 + 2.0 * a2 + 2.0 * a3 + a4)
-            y += h6 * (b1 + 2.0 * b2 + 2.0 * b3 + b4)
-            z += h6 * (c1 + 2.0 * c2 + 2.0 * c3 + c4)
-    return out
+    return _rk4_samples(f, x0, n, dt, substeps, transient)
 
 
 def rossler(
@@ -201,29 +216,11 @@ def rossler(
     (n, 3), one row every dt, by classical RK4 with step dt/substeps after ``transient``
     time units (the classic a = b = 0.2, c = 5.7 give the chaotic band attractor, x and y
     within about ±12, z in (0, 25))."""
-    if n < 0 or dt <= 0 or substeps < 1 or transient < 0:
-        raise ValueError("need n >= 0, dt > 0, substeps >= 1 and transient >= 0")
-    h = dt / substeps
-    h2, h6 = 0.5 * h, h / 6.0
-    x, y, z = (float(v) for v in x0)
 
     def f(x: float, y: float, z: float) -> tuple[float, float, float]:
         return -y - z, x + a * y, b + z * (x - c)
 
-    skip = round(transient / dt)
-    out = np.empty((n, 3))
-    for row in range(-skip, n):
-        if row >= 0:
-            out[row] = (x, y, z)
-        for _ in range(substeps):
-            a1, b1, c1 = f(x, y, z)
-            a2, b2, c2 = f(x + h2 * a1, y + h2 * b1, z + h2 * c1)
-            a3, b3, c3 = f(x + h2 * a2, y + h2 * b2, z + h2 * c2)
-            a4, b4, c4 = f(x + h * a3, y + h * b3, z + h * c3)
-            x += h6 * (a1 + 2.0 * a2 + 2.0 * a3 + a4)
-            y += h6 * (b1 + 2.0 * b2 + 2.0 * b3 + b4)
-            z += h6 * (c1 + 2.0 * c2 + 2.0 * c3 + c4)
-    return out
+    return _rk4_samples(f, x0, n, dt, substeps, transient)
 
 
 def memory_capacity_task(
