@@ -7,6 +7,7 @@ Helpers live here rather than in ``conftest.py`` so that no test imports a modul
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -262,6 +263,16 @@ class FaultUpstream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def sse_events(response: httpx.Response):
+    """(event name, decoded JSON data) for each event of a ``text/event-stream`` response."""
+    name = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[len("data: ") :])
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dtecho.dtesn import trees
 from dtecho.dtesn.text import one_hot
 from dtecho.services.dtesn_processing import NetworkConfig
-from support import ServerProcess
+from support import ServerProcess, sse_events
 
 pytestmark = pytest.mark.e2e
 
@@ -111,15 +111,6 @@ def test_batch_size_limits(server: ServerProcess) -> None:
     assert post(server, "batch", {"inputs": []}).json()["error"]["param"] == "inputs"
     too_many = post(server, "batch", {"inputs": ["a"] * 1001})
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "inputs"
-
-
-def sse_events(response: httpx.Response):
-    name = None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line[len("event: ") :]
-        elif line.startswith("data: "):
-            yield name, json.loads(line[len("data: ") :])
 
 
 def test_stream_reports_real_progress_then_the_result(server: ServerProcess) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from dtecho.dtesn import DTESN, datasets
-from support import ServerProcess
+from support import ServerProcess, sse_events
 
 pytestmark = pytest.mark.e2e
 
@@ -212,17 +211,11 @@ def test_streamed_prediction_equals_the_plain_one(server: ServerProcess) -> None
         model_id = client.post("models", json=body).json()["id"]
         request = {"inputs": SERIES[:600].tolist(), "horizon": 300}
         plain = client.post(f"models/{model_id}/predict", json=request).json()
-        events = []
         with client.stream(
             "POST", f"models/{model_id}/predict", json={**request, "stream": True}
         ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            name = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[6:])))
+            events = list(sse_events(response))
     predictions = [e for e in events if e[0] == "predictions"]
     forecast = [e for e in events if e[0] == "forecast"]
     assert [p["start"] for _, p in predictions] == [0, 256, 512]

@@ -3,7 +3,6 @@ Events, the finished model's chosen settings, and predictions with it."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from dtecho.dtesn import DTESN, datasets
-from support import ServerProcess
+from support import ServerProcess, sse_events
 
 pytestmark = pytest.mark.e2e
 
@@ -24,16 +23,10 @@ def api(server: ServerProcess) -> httpx.Client:
 
 
 def read_events(client: httpx.Client, model_id: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
     with client.stream("GET", f"models/{model_id}/events") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
+        events = list(sse_events(response))
     return events
 
 
