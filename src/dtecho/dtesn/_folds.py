@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
-from .model import DTESN
+from .model import DTESN, input_statistics
 
 __all__ = ["METRICS", "RIDGES_PER_DECADE", "FoldScores", "score_folds"]
 
@@ -354,9 +354,7 @@ class FoldData:
     def standardised(self) -> list[np.ndarray]:
         """X as ``DTESN.fit`` standardises it for ``input_norm="standard"``: per column, the
         mean and standard deviation over every row of every sequence (1 for a constant)."""
-        rows = np.concatenate(self.X)
-        mean, std = rows.mean(axis=0), rows.std(axis=0)
-        scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        mean, scale = input_statistics(np.concatenate(self.X))
         return [(x - mean) / scale for x in self.X]
 
 

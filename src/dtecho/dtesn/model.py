@@ -49,6 +49,13 @@ def _differs(value: Any, default: Any) -> bool:
         return True
 
 
+def input_statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per column of ``rows`` (n, d) as ``input_norm="standard"`` uses them:
+    the scale is the standard deviation, 1 for a constant column."""
+    mean, std = rows.mean(axis=0), rows.std(axis=0)
+    return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+
+
 def _same_stats(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is b
@@ -438,10 +445,7 @@ class DTESN:
         ``input_norm="standard"`` (scale = the standard deviation; 1 for a constant column)."""
         if self.input_norm == "none":
             return None
-        rows = np.concatenate([batch.data[b, r] for b, r in batch.pieces(0)])
-        mean = rows.mean(axis=0)
-        std = rows.std(axis=0)
-        return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        return input_statistics(np.concatenate([batch.data[b, r] for b, r in batch.pieces(0)]))
 
     def _states(self, batch: _Batch, initial_state: np.ndarray | None) -> np.ndarray:
         res = self._ensure_reservoir(batch.width)

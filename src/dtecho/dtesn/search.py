@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -47,7 +46,7 @@ from ._folds import (
     stand_in,
 )
 from .membranes import membrane_layout
-from .model import DTESN
+from .model import DTESN, _differs, usable_cores
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -180,20 +179,6 @@ class TrialProgress:
 
 
 # ---- the space --------------------------------------------------------------------------
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _differs(value: Any, default: Any) -> bool:
-    try:
-        return bool(value != default)
-    except ValueError:  # arrays compare elementwise
-        return True
 
 
 def _membranes(params: Mapping[str, Any]) -> int:
@@ -505,7 +490,7 @@ def search(
         DTESN(**fixed).run(data.X[0][:1])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"base: {exc}") from None
-    threads = int(n_jobs or fixed.get("n_jobs") or _usable_cores())
+    threads = int(n_jobs or fixed.get("n_jobs") or usable_cores())
     cache: list[list[np.ndarray]] = []
 
     def standardised() -> list[np.ndarray]:
