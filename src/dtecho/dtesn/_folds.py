@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
 
 from .model import DTESN, input_statistics
+from .readout import Stats, path_errors
 
 __all__ = ["METRICS", "RIDGES_PER_DECADE", "FoldScores", "score_folds"]
 
@@ -40,7 +40,6 @@ RIDGES_PER_DECADE = 4
 METRICS = ("nrmse", "rmse", "mse")
 MIN_BLOCK_ROWS = 10
 _WINDOW_BYTES = 16 * 2**20  # states of one integration window
-_PATH_BYTES = 32 * 2**20  # coefficients of the ridge values evaluated at once
 
 
 def sequences(X: Any, name: str) -> list[np.ndarray]:
@@ -167,47 +166,6 @@ def plan(lengths: np.ndarray, folds: int, warmup: int, split: str) -> tuple[str,
 # ---- centred statistics -----------------------------------------------------------------
 
 
-@dataclass
-class Stats:
-    """Row count, means and centred scatter matrices of features φ and targets y."""
-
-    n: int
-    mean: np.ndarray  # (F,)
-    scatter: np.ndarray  # (F, F) Σ (φ − mean)(φ − mean)ᵀ
-    mean_y: np.ndarray  # (d,)
-    cross: np.ndarray  # (F, d) Σ (φ − mean)(y − mean_y)ᵀ
-    scatter_y: np.ndarray  # (d,) Σ (y − mean_y)²
-
-    @classmethod
-    def of(cls, Phi: np.ndarray, Y: np.ndarray) -> Stats:
-        """The statistics of rows Phi (n, F), Y (n, d); Phi is overwritten (scratch)."""
-        mean, mean_y = Phi.mean(axis=0), Y.mean(axis=0)
-        Phi -= mean
-        Yc = Y - mean_y
-        scatter = Phi.T @ Phi  # numpy sees Aᵀ·A and calls syrk
-        return cls(len(Phi), mean, scatter, mean_y, Phi.T @ Yc, np.einsum("ij,ij->j", Yc, Yc))
-
-    def merge(self, other: Stats | None) -> Stats:
-        """The statistics of both sets of rows (the pairwise update of Chan et al.)."""
-        if other is None:
-            return self
-        n = self.n + other.n
-        w = self.n * other.n / n
-        d, dy = other.mean - self.mean, other.mean_y - self.mean_y
-        return Stats(
-            n,
-            self.mean + d * (other.n / n),
-            self.scatter + other.scatter + w * np.outer(d, d),
-            self.mean_y + dy * (other.n / n),
-            self.cross + other.cross + w * np.outer(d, dy),
-            self.scatter_y + other.scatter_y + w * dy**2,
-        )
-
-
-def _merge(a: Stats | None, b: Stats | None) -> Stats | None:
-    return b if a is None else a.merge(b)
-
-
 class Integrator:
     """Runs a model over the blocks in order, keeping each sequence's state between them.
 
@@ -265,43 +223,11 @@ class Integrator:
                 row += k
             if not np.all(np.isfinite(Phi[:, d:])):
                 raise FloatingPointError("the reservoir states are not finite")
-            out = _merge(out, Stats.of(Phi, Yw))
+            out = Stats.of(Phi, Yw) if out is None else out.merge(Stats.of(Phi, Yw))
         return out
 
 
 # ---- the ridge path ---------------------------------------------------------------------
-
-
-def fold_errors(train: Stats, val: Stats, ridges: np.ndarray) -> np.ndarray:
-    """Σ over the validation rows of (y − ŷ(λ))², per ridge value and output: (n_ridges, d).
-
-    ŷ(λ) = mean_y + (φ − mean)ᵀ w(λ), the training rows' means, w(λ) = V (c / (e + λ)),
-    c = Vᵀ cross. With S, R the validation block's scatter about the *training* means,
-    Σ‖y − ŷ‖² = yy − 2 Rᵀw + wᵀ S w."""
-    e, V = sla.eigh(train.scatter, check_finite=False, driver="evd")
-    e = np.maximum(e, 0.0)  # rounding can leave the smallest eigenvalues slightly negative
-    c = V.T @ train.cross  # (F, d)
-    shift, shift_y = val.mean - train.mean, val.mean_y - train.mean_y
-    S = val.scatter + val.n * np.outer(shift, shift)
-    R = val.cross + val.n * np.outer(shift, shift_y)
-    yy = val.scatter_y + val.n * shift_y**2
-    F, d = c.shape
-    # The quadratic form costs F² per ridge value and output in either basis: the original
-    # one needs w = V w′ (F² each), the eigenbasis H = Vᵀ S V (2F³ once). The cheaper wins.
-    eigenbasis = len(ridges) * d > F
-    if eigenbasis:
-        S, R = V.T @ S @ V, V.T @ R
-    out = np.empty((len(ridges), d))
-    step = max(1, _PATH_BYTES // (8 * F * d))
-    for i in range(0, len(ridges), step):
-        lam = ridges[i : i + step]
-        W = (c[:, None, :] / (e[:, None, None] + lam[None, :, None])).reshape(F, -1)
-        if not eigenbasis:
-            W = V @ W
-        SW = (S @ W).reshape(F, len(lam), d)
-        W = W.reshape(F, len(lam), d)
-        out[i : i + step] = yy - 2 * np.einsum("fd,fkd->kd", R, W) + np.einsum("fkd,fkd->kd", W, SW)
-    return np.maximum(out, 0.0)
 
 
 def score(errors: np.ndarray, val: Stats, metric: str) -> np.ndarray:
@@ -327,7 +253,7 @@ def fold_scores(
         val = run.stats(data.blocks[k])
         if train is None or val is None:  # _plan gives every block rows: cannot happen
             raise RuntimeError("a fold without training or validation rows")
-        yield score(fold_errors(train, val, ridges), val, metric)
+        yield score(path_errors(train, val, ridges), val, metric)
         if k + 1 < len(data.blocks):
             train = train.merge(val)
 

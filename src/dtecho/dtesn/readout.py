@@ -13,6 +13,7 @@ offset in the target would be shrunk towards zero), which is never what a foreca
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ __all__ = [
     "RIDGE_GRID",
     "RLSReadout",
     "RidgeReadout",
-    "holdout_errors",
+    "Stats",
+    "path_errors",
     "readout_from_state",
     "ridge_path",
 ]
@@ -137,6 +139,20 @@ class RidgeReadout:
         self.n_samples_ += other.n_samples_
         return self
 
+    def stats(self) -> Stats:
+        """The accumulated rows as centred statistics (``Stats``; intercept column dropped)."""
+        G, R = self._symmetric_gram(), self.xty_
+        n = G[0, 0]
+        mean, mean_y = G[0, 1:] / n, R[0] / n
+        return Stats(
+            int(n),
+            mean,
+            G[1:, 1:] - n * np.outer(mean, mean),
+            mean_y,
+            R[1:] - n * np.outer(mean, mean_y),
+            self.yty_ - n * mean_y**2,
+        )
+
     def _symmetric_gram(self) -> np.ndarray:
         G = np.triu(self.gram_)
         return G + np.triu(G, 1).T
@@ -189,18 +205,76 @@ class RidgeReadout:
 RIDGE_GRID = 10.0 ** np.arange(-12.0, 1.01, 0.5)  # relative to the mean feature variance
 _NEAR_EXACT = 1e-4  # holdout MSE / variance below which ridge_path allows more slack …
 _NEAR_EXACT_SLACK = 10.0  # … up to this many times the least MSE
-_EIGH_MAX = 2500  # features up to which the whole path comes from one eigendecomposition
+_PATH_BYTES = 32 * 2**20  # coefficients of the ridge values evaluated at once
 
 
-def holdout_errors(coef: np.ndarray, holdout: RidgeReadout) -> np.ndarray:
-    """Σ over ``holdout``'s rows of (y − φ·coef)², per target column, from its accumulated
-    sums alone (Σy², Φᵀy, ΦᵀΦ): the rows themselves are never needed again."""
-    G = holdout._symmetric_gram()
-    return (
-        holdout.yty_
-        - 2.0 * np.einsum("ij,ij->j", coef, holdout.xty_)
-        + np.einsum("ij,ij->j", coef, G @ coef)
-    )
+@dataclass
+class Stats:
+    """Row count, means and centred scatter matrices of features φ and targets y."""
+
+    n: int
+    mean: np.ndarray  # (F,)
+    scatter: np.ndarray  # (F, F) Σ (φ − mean)(φ − mean)ᵀ
+    mean_y: np.ndarray  # (d,)
+    cross: np.ndarray  # (F, d) Σ (φ − mean)(y − mean_y)ᵀ
+    scatter_y: np.ndarray  # (d,) Σ (y − mean_y)²
+
+    @classmethod
+    def of(cls, Phi: np.ndarray, Y: np.ndarray) -> Stats:
+        """The statistics of rows Phi (n, F), Y (n, d); Phi is overwritten (scratch)."""
+        mean, mean_y = Phi.mean(axis=0), Y.mean(axis=0)
+        Phi -= mean
+        Yc = Y - mean_y
+        scatter = Phi.T @ Phi  # numpy sees Aᵀ·A and calls syrk
+        return cls(len(Phi), mean, scatter, mean_y, Phi.T @ Yc, np.einsum("ij,ij->j", Yc, Yc))
+
+    def merge(self, other: Stats | None) -> Stats:
+        """The statistics of both sets of rows (the pairwise update of Chan et al.)."""
+        if other is None:
+            return self
+        n = self.n + other.n
+        w = self.n * other.n / n
+        d, dy = other.mean - self.mean, other.mean_y - self.mean_y
+        return Stats(
+            n,
+            self.mean + d * (other.n / n),
+            self.scatter + other.scatter + w * np.outer(d, d),
+            self.mean_y + dy * (other.n / n),
+            self.cross + other.cross + w * np.outer(d, dy),
+            self.scatter_y + other.scatter_y + w * dy**2,
+        )
+
+
+def path_errors(train: Stats, val: Stats, ridges: np.ndarray) -> np.ndarray:
+    """Σ over the validation rows of (y − ŷ(λ))², per ridge value and output: (n_ridges, d).
+
+    ŷ(λ) = mean_y + (φ − mean)ᵀ w(λ), the training rows' means, w(λ) = V (c / (e + λ)),
+    c = Vᵀ cross. With S, R the validation block's scatter about the *training* means,
+    Σ‖y − ŷ‖² = yy − 2 Rᵀw + wᵀ S w."""
+    e, V = sla.eigh(train.scatter, check_finite=False, driver="evd")
+    e = np.maximum(e, 0.0)  # rounding can leave the smallest eigenvalues slightly negative
+    c = V.T @ train.cross  # (F, d)
+    shift, shift_y = val.mean - train.mean, val.mean_y - train.mean_y
+    S = val.scatter + val.n * np.outer(shift, shift)
+    R = val.cross + val.n * np.outer(shift, shift_y)
+    yy = val.scatter_y + val.n * shift_y**2
+    F, d = c.shape
+    # The quadratic form costs F² per ridge value and output in either basis: the original
+    # one needs w = V w′ (F² each), the eigenbasis H = Vᵀ S V (2F³ once). The cheaper wins.
+    eigenbasis = len(ridges) * d > F
+    if eigenbasis:
+        S, R = V.T @ S @ V, V.T @ R
+    out = np.empty((len(ridges), d))
+    step = max(1, _PATH_BYTES // (8 * F * d))
+    for i in range(0, len(ridges), step):
+        lam = ridges[i : i + step]
+        W = (c[:, None, :] / (e[:, None, None] + lam[None, :, None])).reshape(F, -1)
+        if not eigenbasis:
+            W = V @ W
+        SW = (S @ W).reshape(F, len(lam), d)
+        W = W.reshape(F, len(lam), d)
+        out[i : i + step] = yy - 2 * np.einsum("fd,fkd->kd", R, W) + np.einsum("fkd,fkd->kd", W, SW)
+    return np.maximum(out, 0.0)
 
 
 def ridge_path(
@@ -212,11 +286,9 @@ def ridge_path(
     (ridge, holdout MSE summed over the target columns) per ridge of the grid.
 
     Ridges are ``grid`` × the mean variance of the features on the training rows, so the
-    choice does not depend on their units. With the intercept unpenalised (the default) the
-    features and targets are centred on the training rows, which makes the intercept drop
-    out exactly; one eigendecomposition of the centred Gram matrix V·Λ·Vᵀ then gives every
-    ridge's coefficients, V·diag(1/(Λ + λ))·Vᵀ·Φᵀy, at the cost of matrix products (above
-    ``_EIGH_MAX`` features, a Cholesky solve per ridge of every other grid point instead).
+    choice does not depend on their units. The errors come from the accumulated sums alone
+    (``path_errors``: one eigendecomposition of the training rows' centred Gram matrix; the
+    intercept unpenalised — with ``regularize_bias`` the ridge is chosen as if it were).
 
     Choice: the largest ridge whose MSE is within a slack of the least: one standard error
     of the blocks' MSEs at the best ridge (with several holdout blocks: the
@@ -230,70 +302,34 @@ def ridge_path(
     at 500 and 1000 units; docs/dtesn.md).
     """
     blocks = [holdout] if isinstance(holdout, RidgeReadout) else list(holdout)
-    blocks = [b for b in blocks if b.n_samples_ > 0]
-    held_rows = sum(b.n_samples_ for b in blocks)
+    blocks = [b.stats() for b in blocks if b.n_samples_ > 0]
+    held_rows = sum(b.n for b in blocks)
     if train.n_samples_ < 2 or held_rows < 1:
         raise ValueError("ridge_path needs training and holdout rows")
-    G, R = train._symmetric_gram(), train.xty_
-    n = G[0, 0]
-    if train.regularize_bias:
-        lo, mu, ybar = 0, None, None
-        A, B = G, R
-    else:  # centre: the intercept is then ybar − μ·w, its row of the system drops out
-        lo = 1
-        mu = G[0, 1:] / n
-        ybar = R[0] / n
-        A = G[1:, 1:] - n * np.outer(mu, mu)
-        B = R[1:] - n * np.outer(mu, ybar)
-    scale = max(float(np.trace(A)) / max(A.shape[0], 1), 1e-300)
+    fitted = train.stats()
+    scale = max(float(np.trace(fitted.scatter)) / max(len(fitted.mean), 1), 1e-300)
     ridges = np.asarray(grid, float) * scale
-
-    def coefficients(w: np.ndarray) -> np.ndarray:
-        if lo == 0:
-            return w
-        return np.vstack([ybar - mu @ w, w])
-
-    def block_mse(w: np.ndarray) -> np.ndarray:
-        c = coefficients(w)
-        return np.array([holdout_errors(c, b).sum() / b.n_samples_ for b in blocks])
-
-    per_block: list[tuple[float, np.ndarray]] = []
-    if A.shape[0] <= _EIGH_MAX:
-        lam, V = np.linalg.eigh(A)
-        lam = np.maximum(lam, 0.0)  # rounding can leave tiny negative eigenvalues
-        Q = V.T @ B
-        for r in ridges:
-            per_block.append((float(r), block_mse(V @ (Q / (lam + r)[:, None]))))
-    else:
-        for r in ridges[::2]:
-            M = A.copy()
-            M[np.diag_indices_from(M)] += r
-            try:
-                w = sla.cho_solve(sla.cho_factor(M, check_finite=False), B, check_finite=False)
-            except np.linalg.LinAlgError:
-                continue
-            per_block.append((float(r), block_mse(w)))
-    weights = np.array([b.n_samples_ for b in blocks], float) / held_rows
-    table = [(r, float(weights @ m)) for r, m in per_block]
-    finite = [i for i, (_, e) in enumerate(table) if np.isfinite(e)]
-    if not finite:
+    per_block = np.array([path_errors(fitted, b, ridges).sum(axis=1) / b.n for b in blocks])
+    weights = np.array([b.n for b in blocks], float) / held_rows
+    mse = weights @ per_block  # (n_ridges,)
+    table = [(float(r), float(e)) for r, e in zip(ridges, mse, strict=True)]
+    finite = np.nonzero(np.isfinite(mse))[0]
+    if not finite.size:
         return float(ridges[len(ridges) // 2]), table
-    best = min(finite, key=lambda i: table[i][1])
-    least = table[best][1]
+    best = int(finite[np.argmin(mse[finite])])
+    least = float(mse[best])
     se = 0.0
     if len(blocks) > 1:
-        spread = per_block[best][1]
-        se = float(np.std(spread, ddof=1) / np.sqrt(len(spread)))
-    total = sum(b.yty_ for b in blocks)
-    mean = sum(b.xty_[0] for b in blocks) / held_rows
-    variance = float(np.sum(total / held_rows - mean**2))
+        se = float(np.std(per_block[:, best], ddof=1) / np.sqrt(len(blocks)))
+    # the holdout targets' variance about their own mean, summed over the columns
+    variance = sum(float(np.sum(b.scatter_y)) for b in blocks) / held_rows
     # slack: one standard error; where the holdout is fitted to better than 1e-4 of its
     # variance (a nearly noiseless series), up to _NEAR_EXACT_SLACK times the least MSE
     threshold = least + se
     if least < _NEAR_EXACT * variance:
         threshold = max(threshold, min(_NEAR_EXACT_SLACK * least, _NEAR_EXACT * variance))
-    chosen = max((i for i in finite if table[i][1] <= threshold), key=lambda i: table[i][0])
-    return table[chosen][0], table
+    within = finite[mse[finite] <= threshold]
+    return float(ridges[within].max()), table
 
 
 class RLSReadout:
