@@ -594,7 +594,7 @@ class DTESN:
         bounds = self._holdout_blocks(batch, warmup) if auto else ends[:, None]
         cuts = bounds[:, 0]
 
-        def accumulate(part, t0, U, S, Y, lo, hi) -> bool:
+        def accumulate(part, U, S, Y, lo, hi) -> bool:
             """Rows [lo_b, hi_b) (window-relative) of each sequence into ``part``."""
             k = S.shape[0]
             if not np.any(hi > lo):
@@ -618,13 +618,13 @@ class DTESN:
             cut = np.clip(cuts[:k] - t0, 0, L)
             stop = np.clip(ends[:k] - t0, 0, L)
             train = RidgeReadout(ridge, regularize_bias=regularize_bias)
-            has_train = accumulate(train, t0, U, S, Y, start, np.maximum(start, cut))
+            has_train = accumulate(train, U, S, Y, start, np.maximum(start, cut))
             held = []
             for j in range(bounds.shape[1] - 1 if auto else 0):
                 lo = np.maximum(start, np.clip(bounds[:k, j] - t0, 0, L))
                 hi = np.maximum(lo, np.minimum(stop, np.clip(bounds[:k, j + 1] - t0, 0, L)))
                 block = RidgeReadout(ridge, regularize_bias=regularize_bias)
-                held.append(block if accumulate(block, t0, U, S, Y, lo, hi) else None)
+                held.append(block if accumulate(block, U, S, Y, lo, hi) else None)
             return (train if has_train else None), held
 
         train = RidgeReadout(ridge, regularize_bias=regularize_bias)
@@ -645,7 +645,7 @@ class DTESN:
                 self.ridge_path_ = path
                 # the same penalty per row on all rows as on the training part
                 ridge = best * (train.n_samples_ + held_rows) / train.n_samples_
-            else:  # too few rows to hold any out: a small ridge relative to the features
+            else:  # too few rows to hold any out: the old fixed default
                 ridge = _FALLBACK_RIDGE
             for block in blocks:
                 train.merge(block)
