@@ -836,7 +836,7 @@ def serve_floor(kind: str, port: int, upstream_port: int) -> None:
     else:
         from fastapi import FastAPI, Response
 
-        from dtecho.wire.openai import ChatCompletionRequest
+        from dtecho.protocol.openai import ChatCompletionRequest
 
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> Any:

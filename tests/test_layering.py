@@ -16,7 +16,7 @@ BELOW_SERVER = sorted(
 
 
 def test_no_package_below_the_server_imports_it() -> None:
-    assert "dtecho.services" in BELOW_SERVER and "dtecho.wire" in BELOW_SERVER
+    assert "dtecho.services" in BELOW_SERVER and "dtecho.protocol" in BELOW_SERVER
     code = (
         "import importlib, json, pkgutil, sys\n"
         f"for name in {BELOW_SERVER!r}:\n"

@@ -32,8 +32,8 @@ from dtecho.cache import ResponseCache, ResultTier, cache_key, canonical_json
 from dtecho.config import Settings
 from dtecho.observability import semconv
 from dtecho.observability import tracing as tr
+from dtecho.protocol.sse import SSE_DONE, SSE_HEADERS
 from dtecho.server.fast_path import AliasKind, RequestAliases
-from dtecho.wire.sse import SSE_DONE, SSE_HEADERS
 
 __all__ = [
     "CACHE_FIELDS", "CACHE_HEADER", "DTESN_MODEL", "RouteCache", "XCache", "encode_json",

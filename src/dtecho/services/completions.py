@@ -29,8 +29,8 @@ from dtecho.engines.base import (
 from dtecho.errors import InvalidRequest
 from dtecho.observability import semconv
 from dtecho.observability import tracing as tr
-from dtecho.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from dtecho.wire.sse import SSE_DONE, sse_data
+from dtecho.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from dtecho.protocol.sse import SSE_DONE, sse_data
 
 __all__ = ["CompletionService"]
 

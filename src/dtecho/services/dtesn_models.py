@@ -30,8 +30,8 @@ from dtecho.dtesn import DTESN
 from dtecho.dtesn.reservoir import Reservoir
 from dtecho.dtesn.search import DEFAULT_SPACE, TREE_SPACE, TrialProgress, check_folds, search
 from dtecho.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from dtecho.protocol.dtesn import ModelConfig, TrainRequest, TuneOptions
 from dtecho.services.model_store import ModelStore, new_model_id
-from dtecho.wire.dtesn import ModelConfig, TrainRequest, TuneOptions
 
 __all__ = [
     "ModelService",

@@ -18,6 +18,7 @@ from dtecho.dtesn import trees
 from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
 from dtecho.observability import semconv
 from dtecho.observability import tracing as tr
+from dtecho.protocol.dtesn import ProcessOptions, ProcessRequest, validate_input
 from dtecho.services.dtesn_processing import (
     NetworkConfig,
     ProcessCancelled,
@@ -25,7 +26,6 @@ from dtecho.services.dtesn_processing import (
     ProcessResult,
     parse_input,
 )
-from dtecho.wire.dtesn import ProcessOptions, ProcessRequest, validate_input
 
 __all__ = ["DtesnService", "membranes_for_depth"]
 

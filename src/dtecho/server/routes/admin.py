@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtecho.errors import InvalidRequest
+from dtecho.protocol.admin import CreateKeyRequest, RotateKeyRequest, UpdateKeyRequest
 from dtecho.security.keys import IssuedKey, describe_key
-from dtecho.server.protocol_admin import CreateKeyRequest, RotateKeyRequest, UpdateKeyRequest
 from dtecho.server.state import ServerState, get_state
 
 router = APIRouter(prefix="/admin", tags=["admin"])

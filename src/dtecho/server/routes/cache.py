@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtecho.errors import InvalidRequest
+from dtecho.protocol.openai import CacheTag
 from dtecho.server.state import get_state
-from dtecho.wire.openai import CacheTag
 
 router = APIRouter(prefix="/v1/dtesn/cache", tags=["cache"])
 

@@ -10,12 +10,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dtecho.dtesn import bseries, trees
+from dtecho.protocol.dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
+from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
 from dtecho.server.caching import CACHE_HEADER, DTESN_MODEL, XCache
 from dtecho.server.negotiation import negotiate, render_encoded
 from dtecho.server.routes.openai import chat_response
 from dtecho.server.state import get_state
-from dtecho.wire.dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
-from dtecho.wire.sse import SSE_HEADERS, sse_comment, sse_event
 
 router = APIRouter(prefix="/v1/dtesn", tags=["dtesn"])
 

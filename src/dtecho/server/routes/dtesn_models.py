@@ -12,12 +12,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from dtecho.errors import InvalidRequest
+from dtecho.protocol.dtesn import PredictRequest, TrainRequest, UpdateRequest
+from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
 from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
 from dtecho.server.state import get_state
 from dtecho.services.dtesn_models import config_from_form, parse_table, tune_from_form
-from dtecho.wire.dtesn import PredictRequest, TrainRequest, UpdateRequest
-from dtecho.wire.sse import SSE_HEADERS, sse_comment, sse_event
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dtecho.engines.base import RelayEngine
+from dtecho.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from dtecho.protocol.sse import SSE_HEADERS
 from dtecho.server.caching import CACHE_FIELDS
 from dtecho.server.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from dtecho.server.negotiation import render
 from dtecho.server.state import get_state
 from dtecho.services.completions import CompletionService
-from dtecho.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from dtecho.wire.sse import SSE_HEADERS
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

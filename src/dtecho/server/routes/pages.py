@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from dtecho import __version__
 from dtecho.errors import DtechoError
+from dtecho.protocol.dtesn import ProcessRequest
 from dtecho.server.negotiation import render
 from dtecho.server.state import ServerState, get_state
-from dtecho.wire.dtesn import ProcessRequest
 
 router = APIRouter(tags=["pages"])
 

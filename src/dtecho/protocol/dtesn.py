@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from dtecho.dtesn import bseries
-from dtecho.wire.openai import CacheOptions, ChatCompletionRequest
+from dtecho.protocol.openai import CacheOptions, ChatCompletionRequest
 
 __all__ = [
     "BatchRequest",
