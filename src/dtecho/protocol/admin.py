@@ -8,13 +8,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dtecho.config import LimitProfile
+from dtecho.protocol.json_types import DateTime, Float, Int
 
-__all__ = ["CreateKeyRequest", "RotateKeyRequest", "UpdateKeyRequest"]
+__all__ = [
+    "CreateKeyRequest",
+    "ReloadRequest",
+    "RollbackRequest",
+    "RotateKeyRequest",
+    "UpdateKeyRequest",
+]
 
 _NAME = Field(None, max_length=200)
 _PROJECT = Field(None, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ROLES = Field(default_factory=list, max_length=64)
 _MODELS = Field(None, max_length=1000)
+_CENTURY_SECONDS = 100 * 365 * 86400  # beyond it a datetime overflows long before it matters
 
 
 class _KeyFields(BaseModel):
@@ -43,6 +51,19 @@ def _plain(profile: LimitProfile | None) -> dict[str, Any]:
 class CreateKeyRequest(_KeyFields):
     """``POST /admin/keys``: every field optional; the key is shown once in the answer."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {  # one way to say when it expires
+                "properties": {
+                    "expires_at": {"type": "string"},
+                    "expires_in_seconds": {"type": "number"},
+                },
+                "required": ["expires_at", "expires_in_seconds"],
+            },
+            "examples": [{"name": "ci", "project": "demo", "expires_in_seconds": 86400}],
+        }
+    )
+
     name: str | None = _NAME
     project: str | None = _PROJECT
     roles: list[str] = _ROLES
@@ -50,8 +71,8 @@ class CreateKeyRequest(_KeyFields):
     limits: LimitProfile | None = None  # None: ``limits.default``
     model_limits: dict[str, LimitProfile] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    expires_at: datetime | None = None
-    expires_in_seconds: float | None = Field(None, gt=0)
+    expires_at: DateTime | None = Field(None, description="When it stops working; in the future.")
+    expires_in_seconds: Float | None = Field(None, ge=1, le=_CENTURY_SECONDS)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> CreateKeyRequest:
@@ -63,7 +84,9 @@ class CreateKeyRequest(_KeyFields):
 
 
 class UpdateKeyRequest(_KeyFields):
-    """``PATCH /admin/keys/{id}``: the fields given replace the stored ones."""
+    """``PATCH /admin/keys/{id}``: the fields given replace the stored ones (at least one)."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
     name: str | None = _NAME
     project: str | None = _PROJECT
@@ -72,7 +95,7 @@ class UpdateKeyRequest(_KeyFields):
     limits: LimitProfile | None = None
     model_limits: dict[str, LimitProfile] | None = None
     metadata: dict[str, Any] | None = None
-    expires_at: datetime | None = None
+    expires_at: DateTime | None = None
 
 
 class RotateKeyRequest(BaseModel):
@@ -80,4 +103,25 @@ class RotateKeyRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    grace_seconds: float = Field(3600.0, ge=0, le=90 * 86400)
+    grace_seconds: Float = Field(3600.0, ge=0, le=90 * 86400)
+
+
+class ReloadRequest(BaseModel):
+    """``POST /admin/config/reload``: no body re-reads the config file; ``settings`` is a whole
+    settings document (what the file would hold) to apply in its place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] | None = Field(
+        None,
+        description="A whole settings document (the config file's contents as JSON), "
+        "validated as the file would be: 400 naming the setting when refused.",
+    )
+
+
+class RollbackRequest(BaseModel):
+    """``POST /admin/config/rollback``: the version to return to (default: the previous)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Int | None = Field(None, ge=1)

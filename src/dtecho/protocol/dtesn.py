@@ -11,17 +11,22 @@ from pydantic import (
     Field,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
 )
 
 from dtecho.dtesn import bseries
+from dtecho.protocol.json_types import Bool, Float, Int
 from dtecho.protocol.openai import CacheOptions, ChatCompletionRequest
 
 __all__ = [
+    "INPUT_SCHEMA",
+    "SERIES_SCHEMA",
     "BatchRequest",
     "DtesnChatRequest",
     "ModelConfig",
     "PredictRequest",
+    "ProcessForm",
     "ProcessOptions",
     "ProcessRequest",
     "TrainRequest",
@@ -33,6 +38,67 @@ __all__ = [
 MAX_TRAJECTORY_POINTS = 1000
 MAX_VECTOR_WIDTH = 1024
 MAX_TUNE_TRIALS = 200  # one search's budget through the API (each trial is about one fit)
+INTEGRATORS = tuple(bseries.TABLEAUX)
+
+# What JSON Schema can say about an input; the validators below enforce the same and what it
+# cannot say (rows of equal length), which the descriptions state.
+_VECTOR = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_VECTOR_WIDTH,
+    "items": {"type": "number"},
+}
+_ROWS = {
+    "type": "array",
+    "minItems": 1,
+    "items": _VECTOR,
+    "description": "Rows of numbers, all of the same length (one time step each).",
+}
+INPUT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "description": "Text: one time step per UTF-8 byte."},
+        _ROWS,
+    ],
+    "description": "A non-empty string (one step per UTF-8 byte), or a non-empty list of "
+    f"numeric vectors of equal length (1–{MAX_VECTOR_WIDTH} components; one step per row). "
+    "At most `dtesn.max_input_steps` steps (default 100,000).",
+    "examples": ["echo state", [[0.0, 1.0], [0.5, -0.5]]],
+}
+SERIES_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "array", "minItems": 1, "items": {"type": "number"},
+         "description": "One column: a number per time step."},
+        _ROWS,
+    ],
+    "description": "A time series: a list of numbers (one column), or a list of rows of "
+    f"numbers, all of the same length (1–{MAX_VECTOR_WIDTH} columns).",
+}  # fmt: skip
+_INTEGRATOR = Field(
+    "euler",
+    description="The Runge–Kutta scheme that integrates the membranes "
+    "(see `GET /v1/dtesn/bseries` for each one's verified order).",
+    json_schema_extra={"enum": list(INTEGRATORS)},
+)
+_TRAJECTORY = {
+    "anyOf": [
+        {"type": "boolean"},
+        {"type": "integer", "minimum": 0, "maximum": MAX_TRAJECTORY_POINTS},
+    ]
+}
+# membrane_depth d has membranes_for_depth(d) membranes (1, 2, 4, 8, 17, 37, 85, 200), and
+# every membrane needs a unit: the least esn_size for the depths where 32 is not enough.
+_LEAST_SIZE = {6: 37, 7: 85, 8: 200}
+
+
+def size_rules(depth: str, size: str) -> list[dict[str, Any]]:
+    """JSON Schema rules: ``size`` at least the membrane count of ``depth``."""
+    return [
+        {
+            "if": {"properties": {depth: {"const": d}}, "required": [depth]},
+            "then": {"properties": {size: {"minimum": least}}},
+        }
+        for d, least in _LEAST_SIZE.items()
+    ]
 
 
 def validate_input(value: Any) -> str | list[list[float]]:
@@ -64,14 +130,21 @@ def validate_input(value: Any) -> str | list[list[float]]:
 class ProcessOptions(CacheOptions):
     """The network configuration and what to return; shared by a batch's items."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"allOf": size_rules("membrane_depth", "esn_size")}
+    )
 
-    membrane_depth: int = Field(4, ge=1, le=8)
-    esn_size: int = Field(512, ge=32, le=4096)
-    integrator: str = "euler"
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    include_states: bool = False
-    include_trajectory: bool | int = Field(False, description="True (100 points) or a count")
+    membrane_depth: Int = Field(
+        4, ge=1, le=8, description="Levels of the membrane tree (A000081: 1, 2, 4, 8, … "
+        "membranes); esn_size must give every membrane a unit."
+    )  # fmt: skip
+    esn_size: Int = Field(512, ge=32, le=4096, description="Reservoir units in all.")
+    integrator: str = _INTEGRATOR
+    seed: Int = Field(0, ge=0, le=2**32 - 1, description="The network's random seed.")
+    include_states: Bool = Field(False, description="Return the final state vector.")
+    include_trajectory: Annotated[Bool | Int, WithJsonSchema(_TRAJECTORY)] = Field(
+        False, description="True (100 points) or a count of evenly spaced steps."
+    )
 
     @field_validator("integrator")
     @classmethod
@@ -97,7 +170,14 @@ class ProcessOptions(CacheOptions):
 class ProcessRequest(ProcessOptions):
     """``POST /v1/dtesn/process`` and ``/v1/dtesn/stream``."""
 
-    input: Any
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": size_rules("membrane_depth", "esn_size"),
+            "examples": [{"input": "echo state", "membrane_depth": 3, "esn_size": 128}],
+        }
+    )
+
+    input: Annotated[Any, WithJsonSchema(INPUT_SCHEMA)]
 
     @field_validator("input")
     @classmethod
@@ -108,7 +188,20 @@ class ProcessRequest(ProcessOptions):
 class BatchRequest(ProcessOptions):
     """``POST /v1/dtesn/batch``: items are validated one by one, so one bad item fails alone."""
 
-    inputs: list[Any] = Field(min_length=1, max_length=1000)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": size_rules("membrane_depth", "esn_size"),
+            "examples": [{"inputs": ["first", "second", [[0.5], [1.0]]], "esn_size": 128}],
+        }
+    )
+
+    inputs: list[Any] = Field(
+        min_length=1,
+        max_length=1000,
+        description="1–1000 inputs, each as `input` of `/v1/dtesn/process`. An item that is "
+        "not a valid input gets its own error in the answer (`data[i].error`); the others "
+        "still run.",
+    )
 
 
 def _as_matrix(value: Any) -> list[list[float]]:
@@ -127,25 +220,44 @@ def _as_matrix(value: Any) -> list[list[float]]:
 class ModelConfig(BaseModel):
     """Hyper-parameters of a trainable DTESN (names and meanings of ``dtecho.dtesn.DTESN``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"depth": {"const": d}}, "required": ["depth"]},
+                    "then": {"properties": {"units": {"minimum": least}}},
+                }
+                for d, least in {5: 17, **_LEAST_SIZE}.items()
+            ]
+        },
+    )
 
-    units: int = Field(400, ge=8, le=8192)
-    depth: int = Field(1, ge=1, le=8)
-    tree: str | None = Field(None, max_length=4096)
+    units: Int = Field(
+        400, ge=8, le=8192, description="Reservoir units; every membrane needs at least one."
+    )
+    depth: Int = Field(1, ge=1, le=8, description="Levels of the membrane tree.")
+    tree: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=r"^\s*\([()]*\)\s*$",
+        description="A membrane tree in nested parentheses, e.g. `(()(()))`, instead of depth: "
+        "balanced, one tree, and at most `units` membranes.",
+    )
     # The library's defaults (chosen by benchmarks/defaults_study.py; docs/dtesn.md)
-    spectral_radius: float = Field(0.9, ge=0, le=10)
-    leak_rate: float = Field(1.0, gt=0, le=1)
-    input_scaling: float = Field(0.05, gt=0, le=100)
-    bias_scaling: float = Field(0.1, ge=0, le=100)
-    connectivity: float = Field(0.1, gt=0, le=1)
-    ridge: Annotated[float, Field(ge=0, le=1e6)] | Literal["auto"] = Field(
+    spectral_radius: Float = Field(0.9, ge=0, le=10)
+    leak_rate: Float = Field(1.0, gt=0, le=1)
+    input_scaling: Float = Field(0.05, gt=0, le=100)
+    bias_scaling: Float = Field(0.1, ge=0, le=100)
+    connectivity: Float = Field(0.1, gt=0, le=1)
+    ridge: Annotated[Float, Field(ge=0, le=1e6)] | Literal["auto"] = Field(
         "auto",
         description='L2 penalty of the readout, or "auto": chosen on held-out training rows',
     )
-    integrator: str = "euler"
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    forgetting: float = Field(1.0, gt=0, le=1)
-    tau_scaling: float = Field(1.0, gt=0, le=100)
+    integrator: str = _INTEGRATOR
+    seed: Int = Field(0, ge=0, le=2**32 - 1)
+    forgetting: Float = Field(1.0, gt=0, le=1)
+    tau_scaling: Float = Field(1.0, gt=0, le=100)
     input_to: Literal["skin", "all"] = "skin"
 
     _known_integrator = field_validator("integrator")(ProcessOptions._known_integrator.__func__)
@@ -157,25 +269,50 @@ class TuneOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    trials: int = Field(30, ge=1, le=MAX_TUNE_TRIALS)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    folds: int = Field(3, ge=1, le=10)
-    units: int = Field(400, ge=8, le=8192)
-    trees: bool = False  # search the membrane tree too (dtecho.dtesn.search.TREE_SPACE)
+    trials: Int = Field(30, ge=1, le=MAX_TUNE_TRIALS)
+    seed: Int = Field(0, ge=0, le=2**32 - 1)
+    folds: Int = Field(3, ge=1, le=10)
+    units: Int = Field(400, ge=8, le=8192)
+    trees: Bool = False  # search the membrane tree too (dtecho.dtesn.search.TREE_SPACE)
 
 
 class TrainRequest(BaseModel):
     """``POST /v1/dtesn/models`` (JSON form): teacher-forced training data and configuration."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "allOf": [
+                {  # the search's options go with a search
+                    "if": {
+                        "properties": {"tune": {"type": "object"}},
+                        "required": ["tune"],
+                    },
+                    "then": {"properties": {"config": {"const": "auto"}}, "required": ["config"]},
+                }
+            ],
+            "examples": [
+                {
+                    "inputs": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+                    "targets": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                    "warmup": 2,
+                    "config": {"units": 50},
+                }
+            ],
+        },
+    )
 
     name: str | None = Field(None, max_length=128)
-    inputs: Any
-    targets: Any
-    warmup: int = Field(100, ge=0)
+    inputs: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)]
+    targets: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] = Field(
+        description="As many rows as inputs: what the readout learns to output at each step."
+    )
+    warmup: Int = Field(
+        100, ge=0, description="Leading rows that only settle the state; fewer than the rows."
+    )
     config: ModelConfig | Literal["auto"] = Field(default_factory=ModelConfig)
     tune: TuneOptions | None = None
-    background: bool | None = None
+    background: Bool | None = None
 
     _series = field_validator("inputs", "targets")(lambda cls, v: _as_matrix(v))
 
@@ -208,11 +345,18 @@ class TrainRequest(BaseModel):
 class PredictRequest(CacheOptions):
     """``POST /v1/dtesn/models/{id}/predict``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"inputs": [0.1, 0.2], "horizon": 5}]}
+    )
 
-    inputs: Any
-    horizon: int = Field(0, ge=0, le=100_000)
-    stream: bool = False
+    inputs: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] = Field(
+        description="Rows as wide as the model's input_dim."
+    )
+    horizon: Int = Field(
+        0, ge=0, le=100_000,
+        description="Closed-loop steps after the inputs (needs input_dim == output_dim).",
+    )  # fmt: skip
+    stream: Bool = Field(False, description="Answer as Server-Sent Events.")
 
     _series = field_validator("inputs")(lambda cls, v: _as_matrix(v))
 
@@ -220,11 +364,18 @@ class PredictRequest(CacheOptions):
 class UpdateRequest(BaseModel):
     """``POST /v1/dtesn/models/{id}/update``: an online (RLS) update with new data."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": [0.8, 0.9], "targets": [0.9, 1.0]}]},
+    )
 
-    inputs: Any
-    targets: Any
-    warmup: int = Field(0, ge=0)
+    inputs: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] = Field(
+        description="Rows as wide as the model's input_dim."
+    )
+    targets: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] = Field(
+        description="As many rows as inputs, as wide as the model's output_dim."
+    )
+    warmup: Int = Field(0, ge=0, description="Leading rows that only settle the state.")
 
     _series = field_validator("inputs", "targets")(lambda cls, v: _as_matrix(v))
 
@@ -232,9 +383,18 @@ class UpdateRequest(BaseModel):
 class DtesnChatRequest(ChatCompletionRequest):
     """``POST /v1/dtesn/chat/completions``: an OpenAI chat request plus seed 001's fields."""
 
-    enable_dtesn: bool = True
-    dtesn_membrane_depth: int = Field(4, ge=1, le=8)
-    dtesn_esn_size: int = Field(512, ge=32, le=4096)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                *ChatCompletionRequest.model_config["json_schema_extra"]["allOf"],  # type: ignore[index]
+                *size_rules("dtesn_membrane_depth", "dtesn_esn_size"),
+            ]
+        }
+    )
+
+    enable_dtesn: Bool = Field(True, description="Also process the conversation's text.")
+    dtesn_membrane_depth: Int = Field(4, ge=1, le=8, description="As membrane_depth.")
+    dtesn_esn_size: Int = Field(512, ge=32, le=4096, description="As esn_size.")
 
     def chat_request(self) -> ChatCompletionRequest:
         """The plain OpenAI request, without the DTESN fields."""
@@ -243,3 +403,18 @@ class DtesnChatRequest(ChatCompletionRequest):
 
 
 DTESN_CHAT_FIELDS = ("enable_dtesn", "dtesn_membrane_depth", "dtesn_esn_size")
+
+
+class ProcessForm(BaseModel):
+    """The page form of ``POST /dtesn`` (``application/x-www-form-urlencoded``)."""
+
+    model_config = ConfigDict(
+        extra="allow",  # a browser may send other controls; they are ignored
+        json_schema_extra={"allOf": size_rules("membrane_depth", "esn_size")},
+    )
+
+    input: str = Field(min_length=1, description="Text to process.")
+    membrane_depth: Int = Field(4, ge=1, le=8)
+    esn_size: Int = Field(512, ge=32, le=4096)
+    integrator: str = _INTEGRATOR
+    seed: Int = Field(0, ge=0, le=2**32 - 1)

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+
+from dtecho.protocol.json_types import Bool, Float, Int
 
 __all__ = [
     "CacheOptions",
@@ -33,7 +42,7 @@ CacheTag = Annotated[str, Field(min_length=1, max_length=128)]
 class CacheOptions(BaseModel):
     """How a request uses the response cache (fields of every cacheable request)."""
 
-    enable_caching: bool | None = Field(
+    enable_caching: Bool | None = Field(
         None, description="true: cache even if not deterministic; false: bypass the cache"
     )
     invalidation_tags: list[CacheTag] = Field(default_factory=list, max_length=32)
@@ -50,7 +59,7 @@ class _Wire(CacheOptions):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class TextPart(BaseModel):
@@ -97,14 +106,56 @@ def _normalise_stop(value: str | list[str] | None) -> list[str]:
     return stops
 
 
+_STOP = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {
+            "type": "array",
+            "maxItems": MAX_STOP_SEQUENCES,
+            "items": {"type": "string", "minLength": 1},
+        },
+        {"type": "null"},
+    ],
+    "description": f"Up to {MAX_STOP_SEQUENCES} non-empty sequences where generation stops.",
+}
+_TEXTS = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "array", "items": {"type": "integer"}},
+        },
+    ],
+    "description": "A string, a non-empty list of strings, a token array, or a non-empty "
+    "list of token arrays.",
+}
+
+
 class _Sampling(_Wire):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {  # stream_options only with stream: true
+                    "if": {
+                        "properties": {"stream_options": {"type": "object"}},
+                        "required": ["stream_options"],
+                    },
+                    "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+                }
+            ]
+        }
+    )
+
     model: str = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=128)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    temperature: Float | None = Field(None, ge=0, le=2)
+    top_p: Float | None = Field(None, gt=0, le=1)
+    n: Int = Field(1, ge=1, le=128)
+    stop: Annotated[str | list[str] | None, WithJsonSchema(_STOP)] = None
+    seed: Int | None = None
+    stream: Bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
@@ -138,11 +189,29 @@ class _Sampling(_Wire):
 class ChatCompletionRequest(_Sampling):
     """``POST /v1/chat/completions``."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                *_Sampling.model_config["json_schema_extra"]["allOf"],  # type: ignore[index]
+                {  # top_logprobs only with logprobs: true
+                    "if": {
+                        "properties": {"top_logprobs": {"type": "integer"}},
+                        "required": ["top_logprobs"],
+                    },
+                    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+                },
+            ],
+            "examples": [
+                {"model": "dtesn-echo", "messages": [{"role": "user", "content": "Hello"}]}
+            ],
+        }
+    )
+
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: Int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
+    logprobs: Bool = False
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
 
     @field_validator("top_logprobs")
     @classmethod
@@ -160,10 +229,10 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
+    prompt: Annotated[str | list[str] | list[Int] | list[list[Int]], WithJsonSchema(_TEXTS)]
+    max_tokens: Int | None = Field(16, ge=1)
+    logprobs: Int | None = Field(None, ge=0, le=5)
+    echo: Bool = False
 
     @field_validator("prompt")
     @classmethod
@@ -185,9 +254,9 @@ class EmbeddingRequest(_Wire):
     """``POST /v1/embeddings``."""
 
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: Annotated[str | list[str] | list[Int] | list[list[Int]], WithJsonSchema(_TEXTS)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Int | None = Field(None, ge=1)
     user: str | None = None
 
     @field_validator("input")

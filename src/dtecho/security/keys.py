@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from dtecho.config import ConfigError, LimitProfile, Settings
-from dtecho.errors import AuthenticationFailed, InvalidRequest, NotFound
+from dtecho.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from dtecho.security.principal import Principal
 from dtecho.store import Store
 from dtecho.store.records import ApiKeyRecord, KeySecretRecord
@@ -364,7 +364,7 @@ class KeyService:
             raise InvalidRequest("grace_seconds must be >= 0.", param="grace_seconds")
         record, _ = await self.get(key_id)
         if record.revoked_at is not None:
-            raise InvalidRequest("A revoked key cannot be rotated.", param="key_id")
+            raise Conflict("A revoked key cannot be rotated.", param="key_id")
         now = datetime.now(UTC)
         secret, key = self._new_secret(key_id, now)
         await self.store.keys.add_secret(

@@ -18,12 +18,15 @@ from dtecho.observability.llm import LlmMetrics
 from dtecho.observability.metrics import BatchMetrics, HttpMetrics
 from dtecho.observability.runtime import EventLoopLagMonitor, register_runtime_collectors
 from dtecho.observability.tracing import Tracing
+from dtecho.protocol.dtesn import TrainRequest
+from dtecho.protocol.dtesn_results import CacheControlResult
 from dtecho.server.caching import RouteCache
-from dtecho.server.errors import install_error_handlers
+from dtecho.server.errors import MethodIndex, install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
 from dtecho.server.gateway import start_gateway
 from dtecho.server.live.reloader import LiveConfig
 from dtecho.server.middleware import ServingMiddleware
+from dtecho.server.openapi import install_openapi, operation_id
 from dtecho.server.routes import admin, cache, dtesn, dtesn_models, health, openai, pages
 from dtecho.server.security import SecurityMiddleware
 from dtecho.server.state import ServerState
@@ -31,6 +34,10 @@ from dtecho.services.dtesn_models import ModelService
 from dtecho.services.dtesn_service import DtesnService
 
 __all__ = ["create_app"]
+
+# Bodies the routes read themselves (multipart-or-JSON training, the HTML form), and answers
+# documented as a union: the document names them, so they are added to its components.
+OPENAPI_SCHEMAS = (TrainRequest, CacheControlResult)
 
 _log = structlog.get_logger("dtecho.server")
 
@@ -310,16 +317,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # native OpenTelemetry instrumentation would duplicate them, and merely asking whether
         # it is on reads three environment variables and three providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        generate_unique_id_function=operation_id,
+        # One schema per model: clients get one ``ModelConfig``, not ``-Input``/``-Output``.
+        separate_input_output_schemas=False,
     )
     app.state.dtecho = state
+    install_openapi(app, settings.auth.public_paths, schemas=OPENAPI_SCHEMAS)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(openai.router)
-    app.include_router(dtesn.router)
-    app.include_router(dtesn_models.router)
-    app.include_router(cache.router)
-    app.include_router(pages.router)
-    app.include_router(admin.router)
+    routers = (health, openai, dtesn, dtesn_models, cache, pages, admin)
+    for module in routers:
+        app.include_router(module.router)
+    app.state.method_index = MethodIndex(
+        [*app.router.routes, *(route for module in routers for route in module.router.routes)]
+    )
     # Inside the serving middleware, so fast answers get ids, headers, metrics and logs too;
     # and inside the security layer, so that even a cached answer is authenticated and counted.
     app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=_LiveAliases(state))

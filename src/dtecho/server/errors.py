@@ -13,13 +13,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dtecho.errors import DtechoError
 
 __all__ = [
     "BodyTooLarge",
+    "MethodIndex",
     "error_body",
     "error_response",
     "install_error_handlers",
@@ -143,16 +144,47 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     return _validation_response(exc)
 
 
-async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+class MethodIndex:
+    """The methods served at each path, from the app's routes.
+
+    Starlette's router answers 405 with the methods of the first route whose path matched,
+    so a path served by two routes (``GET`` and ``POST /v1/dtesn/models``) listed only one.
+    """
+
+    def __init__(self, routes: Sequence[Any]) -> None:
+        self._routes = [
+            (route.path_regex, frozenset(route.methods))
+            for route in routes
+            if getattr(route, "methods", None) and getattr(route, "path_regex", None)
+        ]
+
+    def allowed(self, path: str) -> list[str]:
+        """The methods for ``path``, with OPTIONS; empty if no route serves it."""
+        methods: set[str] = set()
+        for regex, route_methods in self._routes:
+            if regex.match(path):
+                methods |= route_methods
+        return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    headers = dict(exc.headers or {})
     if status == 404 and exc.detail == "Not Found":
         message = f"Unknown request URL: {request.method} {request.url.path}."
     elif status == 405:
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        index: MethodIndex | None = getattr(request.app.state, "method_index", None)
+        allowed = index.allowed(request.url.path) if index is not None else []
+        if allowed:
+            headers["allow"] = ", ".join(allowed)
+        if request.method == "OPTIONS":  # RFC 9110 §9.3.7: what the resource supports
+            return Response(status_code=204, headers=headers)
         message = f"Method {request.method} is not allowed for {request.url.path}."
     else:
         message = str(exc.detail)
-    return error_response(status, message, headers=dict(exc.headers or {}) or None)
+    return error_response(status, message, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -43,7 +43,7 @@ from dtecho.config import (
     settings_from_document,
 )
 from dtecho.engines.base import Engine
-from dtecho.errors import Conflict, InvalidRequest
+from dtecho.errors import Conflict, InvalidRequest, NotFound
 from dtecho.server.caching import RouteCache
 from dtecho.server.live.changes import Change, diff_settings, restart_required
 from dtecho.server.live.engines import (
@@ -194,15 +194,15 @@ class LiveConfig:
     ) -> HistoryEntry | None:
         async with self._lock:
             running = self.current.settings
+            if document is None and running.config_file is None:  # nothing to re-read
+                raise Conflict(
+                    "The server was started without a config file: send the settings "
+                    'document as {"settings": {...}}.',
+                    param="settings",
+                )
             try:
                 if document is not None:
                     settings = settings_from_document(document, like=running)
-                elif running.config_file is None:
-                    raise ConfigError(
-                        "the server was started without a config file: send the settings "
-                        'document as {"settings": {...}}',
-                        field="settings",
-                    )
                 else:
                     self._file_digest = self._digest()
                     settings = reload_settings(running)
@@ -221,21 +221,19 @@ class LiveConfig:
             if version is None:
                 entry = self.history.previous_applied(current)
                 if entry is None:
-                    raise InvalidRequest("There is no earlier applied version.", param="version")
+                    raise Conflict("There is no earlier applied version.", param="version")
             else:
                 entry = self.history.version(version)
                 if entry is None:
-                    raise InvalidRequest(
-                        f"Version {version} is not in the history.", param="version"
-                    )
+                    raise NotFound(f"Version {version} is not in the history.", param="version")
                 if entry.outcome != "applied" or entry.settings is None:
-                    raise InvalidRequest(
+                    raise Conflict(
                         f"Version {version} was {entry.outcome}: only applied versions can "
                         "be returned to.",
                         param="version",
                     )
                 if version == current:
-                    raise InvalidRequest(
+                    raise Conflict(
                         f"Version {version} is the running configuration.", param="version"
                     )
             assert entry.settings is not None and entry.version is not None

@@ -6,16 +6,22 @@ The security middleware has already refused non-admin principals before these ru
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from dtecho.errors import InvalidRequest
-from dtecho.protocol.admin import CreateKeyRequest, RotateKeyRequest, UpdateKeyRequest
+from dtecho.protocol.admin import (
+    CreateKeyRequest,
+    ReloadRequest,
+    RollbackRequest,
+    RotateKeyRequest,
+    UpdateKeyRequest,
+)
+from dtecho.protocol.json_types import Date, DateTime
 from dtecho.security.keys import IssuedKey, describe_key
+from dtecho.server.openapi import errors
 from dtecho.server.state import ServerState, get_state
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -83,14 +89,14 @@ async def list_keys(
     return {"object": "list", "data": [describe_key(record) for record in records]}
 
 
-@router.get("/keys/{key_id}")
+@router.get("/keys/{key_id}", responses=errors(404))
 async def get_key(key_id: str, request: Request) -> dict[str, Any]:
     """One key with its secrets (prefix and last four only)."""
     record, secrets = await _keys(request).get(key_id)
     return describe_key(record, secrets)
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", responses=errors(404))
 async def update_key(key_id: str, body: UpdateKeyRequest, request: Request) -> dict[str, Any]:
     """Change a key's name, project, roles, models, limits, metadata or expiry."""
     fields = body.record_fields()
@@ -101,7 +107,7 @@ async def update_key(key_id: str, body: UpdateKeyRequest, request: Request) -> d
     return describe_key(record)
 
 
-@router.post("/keys/{key_id}/rotate")
+@router.post("/keys/{key_id}/rotate", responses=errors(404, 409))
 async def rotate_key(
     key_id: str, request: Request, body: RotateKeyRequest | None = None
 ) -> dict[str, Any]:
@@ -112,7 +118,7 @@ async def rotate_key(
     return _issued(issued)
 
 
-@router.post("/keys/{key_id}/revoke")
+@router.post("/keys/{key_id}/revoke", responses=errors(404))
 async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
     """Revoke the key and all its secrets, on every replica within a second."""
     record = await _keys(request).revoke(key_id)
@@ -120,15 +126,8 @@ async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
     return describe_key(record)
 
 
-@router.delete("/keys/{key_id}")
-async def delete_key(key_id: str, request: Request) -> dict[str, Any]:
-    """Same as revoke: keys are never deleted, so usage and audit keep their subject."""
-    return await revoke_key(key_id, request)
-
-
 def _principal_filter(principal: str | None, key_id: str | None) -> str | None:
-    if principal and key_id:
-        raise InvalidRequest("Give principal or key_id, not both.", param="key_id")
+    """The one principal both filters name (``key_id`` is the principal ``key:<id>``)."""
     return f"key:{key_id}" if key_id else principal
 
 
@@ -138,16 +137,19 @@ async def usage(
     principal: str | None = Query(None, max_length=300),
     key_id: str | None = Query(None, max_length=100),
     model: str | None = Query(None, max_length=200),
-    since: date | None = None,
-    until: date | None = None,
+    since: Date | None = None,
+    until: Date | None = None,
 ) -> JSONResponse:
-    """Requests and tokens per principal, model and UTC day, with totals."""
+    """Requests and tokens per principal, model and UTC day, with totals. Filters combine
+    (``key_id`` is the principal ``key:<id>``)."""
     state = get_state(request)
     assert state.store is not None and state.gateway is not None
     await state.gateway.usage.flush()  # what this replica counted so far is included
     rows = await state.store.usage.query(
         principal_id=_principal_filter(principal, key_id), model=model, since=since, until=until
     )
+    if principal and key_id and principal != f"key:{key_id}":
+        rows = []  # filters combine: no principal is both
     data = [
         {
             "principal": row.principal_id,
@@ -174,8 +176,8 @@ async def audit(
     action: str | None = Query(None, max_length=100),
     target: str | None = Query(None, max_length=300),
     outcome: str | None = Query(None, pattern=r"^(success|failure|denied)$"),
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: DateTime | None = None,
+    until: DateTime | None = None,
     limit: int = Query(100, ge=1, le=1000),
     before_id: int | None = Query(None, ge=1),
 ) -> dict[str, Any]:
@@ -218,23 +220,6 @@ async def upstreams(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [model.snapshot() for model in routed.values()]}
 
 
-class ReloadRequest(BaseModel):
-    """``POST /admin/config/reload``: no body re-reads the config file; ``settings`` is a whole
-    settings document (what the file would hold) to apply in its place."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    settings: dict[str, Any] | None = None
-
-
-class RollbackRequest(BaseModel):
-    """``POST /admin/config/rollback``: the version to return to (default: the previous)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: int | None = Field(None, ge=1)
-
-
 def _changed(request: Request, entry: Any) -> dict[str, Any]:
     live = get_state(request).live
     if entry is None:  # nothing differed from the running configuration
@@ -257,7 +242,7 @@ async def config(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/config/reload")
+@router.post("/config/reload", responses=errors(409))
 async def reload_config(request: Request, body: ReloadRequest | None = None) -> dict[str, Any]:
     """Validate, swap in and probe a new configuration (see ``docs/reload.md``).
 
@@ -280,7 +265,7 @@ async def config_history(request: Request) -> dict[str, Any]:
     return {"object": "list", "current_version": current, "data": data}
 
 
-@router.post("/config/rollback")
+@router.post("/config/rollback", responses=errors(404, 409))
 async def rollback_config(request: Request, body: RollbackRequest | None = None) -> dict[str, Any]:
     """Return to an applied version (default: the previous one); it becomes a new version."""
     version = body.version if body is not None else None

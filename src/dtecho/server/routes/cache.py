@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from dtecho.errors import InvalidRequest
-from dtecho.protocol.openai import CacheTag
+from dtecho.protocol.cache import CacheControlRequest
+from dtecho.protocol.dtesn_results import CacheMetrics
+from dtecho.server.openapi import success
 from dtecho.server.state import get_state
 
 router = APIRouter(prefix="/v1/dtesn/cache", tags=["cache"])
-
-
-class CacheControlRequest(BaseModel):
-    """``POST /v1/dtesn/cache/control``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    action: Literal["invalidate_tags", "invalidate_model", "clear", "get_metrics"]
-    targets: list[CacheTag] = Field(default_factory=list, max_length=1000)
-    force: bool = False
 
 
 async def _metrics(request: Request) -> dict[str, Any]:
@@ -31,7 +22,7 @@ async def _metrics(request: Request) -> dict[str, Any]:
     return {"object": "dtesn.cache.metrics", **metrics}
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=success(CacheMetrics))
 async def cache_metrics(request: Request) -> dict[str, Any]:
     """Lookups, hits per tier, misses, hit ratio, evictions, invalidations, entries and bytes
     per tier (L3 entries counted in Redis; ``null`` without it), Redis errors, and the mean
@@ -39,7 +30,24 @@ async def cache_metrics(request: Request) -> dict[str, Any]:
     return await _metrics(request)
 
 
-@router.post("/control")
+@router.post(
+    "/control",
+    responses={
+        200: {
+            "description": "What was invalidated; for get_metrics, the metrics.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            {"$ref": "#/components/schemas/CacheControlResult"},
+                            {"$ref": "#/components/schemas/CacheMetrics"},
+                        ]
+                    }
+                }
+            },
+        }
+    },
+)
 async def cache_control(body: CacheControlRequest, request: Request) -> dict[str, Any]:
     """``invalidate_tags`` (``targets``: tags), ``invalidate_model`` (``targets``: model
     names), ``clear`` (this namespace only; needs ``force: true``) or ``get_metrics``.

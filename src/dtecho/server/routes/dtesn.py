@@ -11,9 +11,12 @@ from fastapi.responses import StreamingResponse
 
 from dtecho.dtesn import bseries, trees
 from dtecho.protocol.dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
+from dtecho.protocol.dtesn_results import BatchResult, BSeriesReference, ProcessResult
+from dtecho.protocol.openai_results import ChatCompletion
 from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
 from dtecho.server.caching import CACHE_HEADER, DTESN_MODEL, XCache
 from dtecho.server.negotiation import negotiate, render_encoded
+from dtecho.server.openapi import CACHE_HEADERS, errors, event_stream, negotiated, success
 from dtecho.server.routes.openai import chat_response
 from dtecho.server.state import get_state
 
@@ -33,8 +36,12 @@ async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, XCach
     )
 
 
-@router.post("/process")
-async def process(body: ProcessRequest, request: Request) -> Response:
+@router.post(
+    "/process",
+    response_class=Response,
+    responses={**negotiated(ProcessResult, headers=CACHE_HEADERS)},
+)
+async def process_dtesn(body: ProcessRequest, request: Request) -> Response:
     """Run one input through a DTESN of the requested shape; the real per-membrane result
     (JSON, HTML, XML or msgpack by ``Accept``). Results are cached (``X-Cache``)."""
     state = get_state(request)
@@ -52,8 +59,10 @@ async def process(body: ProcessRequest, request: Request) -> Response:
     )
 
 
-@router.post("/batch")
-async def batch(body: BatchRequest, request: Request) -> Response:
+@router.post(
+    "/batch", response_class=Response, responses=success(BatchResult, headers=CACHE_HEADERS)
+)
+async def batch_dtesn(body: BatchRequest, request: Request) -> Response:
     """Run 1–1000 inputs with one configuration; results in input order, errors per item.
     Cached as a whole (``X-Cache``)."""
     state = get_state(request)
@@ -69,8 +78,17 @@ async def batch(body: BatchRequest, request: Request) -> Response:
     return Response(encoded, media_type="application/json", headers={CACHE_HEADER: tier})
 
 
-@router.post("/stream")
-async def stream(body: ProcessRequest, request: Request) -> StreamingResponse:
+@router.post(
+    "/stream",
+    response_class=StreamingResponse,
+    responses=event_stream(
+        "`event: progress` frames (steps done of total) while the input is integrated, then "
+        "`event: result` with the JSON of `/v1/dtesn/process`, or `event: error` with an "
+        "OpenAI error object; `: heartbeat` comments keep idle connections open.",
+        events=("progress", "result", "error"),
+    ),
+)
+async def stream_dtesn(body: ProcessRequest, request: Request) -> StreamingResponse:
     """Server-Sent Events: ``progress`` per integrated chunk, then ``result`` (or ``error``)."""
     events = await get_state(request).dtesn.stream(body)
 
@@ -84,8 +102,8 @@ async def stream(body: ProcessRequest, request: Request) -> StreamingResponse:
     return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/bseries")
-async def bseries_reference(order: int = Query(4, ge=1, le=8)) -> dict[str, Any]:
+@router.get("/bseries", responses=success(BSeriesReference))
+async def get_bseries(order: int = Query(4, ge=1, le=8)) -> dict[str, Any]:
     """Rooted trees up to ``order`` with σ, γ and their Runge–Kutta order conditions, and the
     verified order of every shipped integrator."""
     conditions = bseries.order_conditions(order)
@@ -108,8 +126,19 @@ async def bseries_reference(order: int = Query(4, ge=1, le=8)) -> dict[str, Any]
     }
 
 
-@router.post("/chat/completions")
-async def dtesn_chat(body: DtesnChatRequest, request: Request) -> Response:
+@router.post(
+    "/chat/completions",
+    response_class=Response,
+    responses={
+        **success(
+            ChatCompletion,
+            headers=CACHE_HEADERS,
+            stream="chat completion chunks ending with `data: [DONE]`; the first carries `dtesn`.",
+        ),
+        **errors(404, 502),
+    },
+)
+async def dtesn_chat_completions(body: DtesnChatRequest, request: Request) -> Response:
     """A chat completion from the named model's engine; with ``enable_dtesn`` the answer also
     carries ``dtesn``, the real DTESN processing of the conversation's text (in the JSON body,
     or in the first chunk of a stream). ``X-Cache-Hit`` says whether the completion came from

@@ -13,9 +13,11 @@ from pydantic import ValidationError
 
 from dtecho.errors import InvalidRequest
 from dtecho.protocol.dtesn import PredictRequest, TrainRequest, UpdateRequest
+from dtecho.protocol.dtesn_results import DeletedModel, DtesnModel, DtesnModelList, Prediction
 from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
 from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
+from dtecho.server.openapi import CACHE_HEADERS, errors, event_stream, negotiated, success
 from dtecho.server.state import get_state
 from dtecho.services.dtesn_models import config_from_form, parse_table, tune_from_form
 
@@ -81,8 +83,30 @@ async def _training_data(request: Request) -> tuple[TrainRequest, np.ndarray, np
     return train, np.asarray(train.inputs, float), np.asarray(train.targets, float)
 
 
-@router.post("", status_code=201)
-async def create_model(request: Request) -> JSONResponse:
+@router.post(
+    "",
+    status_code=201,
+    response_class=JSONResponse,
+    responses={
+        **success(DtesnModel, status=201, description="Trained: the model's record"),
+        **success(
+            DtesnModel,
+            status=202,
+            description="Accepted as a background job: the record, status `training`",
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequest"}},
+            },
+            "description": "Training data and settings as JSON; or `multipart/form-data` "
+            "with a CSV/.npy `file` (see the operation's description).",
+        }
+    },
+)
+async def create_dtesn_model(request: Request) -> JSONResponse:
     """Train a model from JSON arrays or an uploaded CSV/.npy table (``multipart/form-data``:
     ``file``, ``target_columns`` (default the last), ``config`` (JSON or ``auto``), ``tune``
     (JSON), ``name``, ``warmup``). ``"config": "auto"`` searches the settings first (budget
@@ -93,23 +117,38 @@ async def create_model(request: Request) -> JSONResponse:
     return JSONResponse(record, status_code=202 if background else 201)
 
 
-@router.get("")
-async def list_models(request: Request) -> Response:
+@router.get("", response_class=Response, responses=negotiated(DtesnModelList, html=False))
+async def list_dtesn_models(request: Request) -> Response:
     """Every trained model's record (JSON, XML or msgpack by ``Accept``)."""
     data = {"object": "list", "data": get_state(request).dtesn_models.list()}
     return render(request, data, root="models")
 
 
-@router.get("/{model_id}")
-async def get_model(model_id: str, request: Request) -> Response:
+@router.get(
+    "/{model_id}",
+    response_class=Response,
+    responses={**negotiated(DtesnModel), **errors(404)},
+)
+async def get_dtesn_model(model_id: str, request: Request) -> Response:
     """One model's record; ``text/html`` gives its page."""
     state = get_state(request)
     record = state.dtesn_models.get(model_id)
     return render(request, record, page=lambda: state.pages.dtesn_model(record), root="model")
 
 
-@router.get("/{model_id}/events")
-async def model_events(model_id: str, request: Request) -> StreamingResponse:
+@router.get(
+    "/{model_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **event_stream(
+            "`event: progress` frames (phase; for a search, trial k of n and the best score) "
+            "while the model trains, then `event: done` with the final status.",
+            events=("progress", "done"),
+        ),
+        **errors(404),
+    },
+)
+async def dtesn_model_events(model_id: str, request: Request) -> StreamingResponse:
     """Server-Sent Events of the model's training job: ``progress`` (phase; for a search,
     trial k of n and the best score so far) whenever it changes, then ``done`` (the final
     status, config and the search's summary). A finished model gives ``done`` at once."""
@@ -125,16 +164,29 @@ async def model_events(model_id: str, request: Request) -> StreamingResponse:
     return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.delete("/{model_id}")
-async def delete_model(model_id: str, request: Request) -> dict[str, Any]:
+@router.delete("/{model_id}", responses={**success(DeletedModel), **errors(404)})
+async def delete_dtesn_model(model_id: str, request: Request) -> dict[str, Any]:
+    """Delete the model and every cached prediction of it."""
     state = get_state(request)
     state.dtesn_models.delete(model_id)
     await state.cache.cache.invalidate_model(model_id)
     return {"id": model_id, "object": "dtesn.model.deleted", "deleted": True}
 
 
-@router.post("/{model_id}/predict")
-async def predict(model_id: str, body: PredictRequest, request: Request) -> Response:
+@router.post(
+    "/{model_id}/predict",
+    response_class=Response,
+    responses={
+        **success(
+            Prediction,
+            headers=CACHE_HEADERS,
+            stream="`event: predictions` and `event: forecast` chunks, then `event: done`.",
+            events=("predictions", "forecast", "done"),
+        ),
+        **errors(404, 409),
+    },
+)
+async def predict_dtesn_model(model_id: str, body: PredictRequest, request: Request) -> Response:
     """Teacher-forced predictions for ``inputs`` and an optional closed-loop ``horizon``;
     with ``stream`` as Server-Sent Events (``predictions`` and ``forecast`` chunks, ``done``)."""
     service = get_state(request).dtesn_models
@@ -166,8 +218,10 @@ async def predict(model_id: str, body: PredictRequest, request: Request) -> Resp
     return Response(encoded, media_type="application/json", headers={CACHE_HEADER: tier})
 
 
-@router.post("/{model_id}/update")
-async def update(model_id: str, body: UpdateRequest, request: Request) -> dict[str, Any]:
+@router.post("/{model_id}/update", responses={**success(DtesnModel), **errors(404, 409)})
+async def update_dtesn_model(
+    model_id: str, body: UpdateRequest, request: Request
+) -> dict[str, Any]:
     """An online recursive-least-squares update; bumps the model's version (so cached
     predictions of the old version are never served, and are dropped everywhere)."""
     state = get_state(request)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from dtecho.observability.exposition import render_metrics
 from dtecho.server.errors import error_body
+from dtecho.server.openapi import errors
 from dtecho.server.state import ReadinessCheck, get_state
 
 router = APIRouter(tags=["health"])
@@ -32,7 +33,30 @@ async def _run_check(check: ReadinessCheck) -> str | None:
     return None
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready",
+    responses={
+        200: {
+            "description": "Ready: every check's state",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "status": {"const": "ready"},
+                            "checks": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                        },
+                        "required": ["status", "checks"],
+                    }
+                }
+            },
+        },
+        **errors(503),
+    },
+)
 async def ready(request: Request) -> JSONResponse:
     """Every configured engine is loaded and every configured dependency answers.
 
@@ -58,7 +82,19 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition (or OpenMetrics by `Accept`).",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     """This process's metrics: Prometheus text, or OpenMetrics (with exemplars carrying trace
     ids) when ``Accept`` prefers ``application/openmetrics-text``, as Prometheus's scraper does

@@ -10,14 +10,24 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from dtecho.engines.base import RelayEngine
 from dtecho.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from dtecho.protocol.openai_results import (
+    ChatCompletion,
+    Completion,
+    EmbeddingList,
+    ModelCard,
+    ModelList,
+)
 from dtecho.protocol.sse import SSE_HEADERS
 from dtecho.server.caching import CACHE_FIELDS
 from dtecho.server.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from dtecho.server.negotiation import render
+from dtecho.server.openapi import CACHE_HEADERS, errors, negotiated, success
 from dtecho.server.state import get_state
 from dtecho.services.completions import CompletionService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+_CHUNKS = "OpenAI chunks as `data: {...}` frames, ending with `data: [DONE]`."
+_MODEL_CALL = errors(404, 502)  # an unknown model; an upstream that failed
 
 
 def _request_id(request: Request) -> str:
@@ -46,7 +56,7 @@ async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) ->
     )
 
 
-@router.get("/models")
+@router.get("/models", response_class=Response, responses=negotiated(ModelList, html=False))
 async def list_models(request: Request) -> Response:
     """Every served model the caller may use (JSON by default; XML or msgpack by ``Accept``)."""
     cards = get_state(request).models.cards()
@@ -56,7 +66,7 @@ async def list_models(request: Request) -> Response:
     return render(request, {"object": "list", "data": cards}, root="models")
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", responses={**success(ModelCard), **errors(404)})
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     """One model, with its engine's metadata (capabilities, quality figures)."""
     return get_state(request).models.card(model_id, detailed=True)
@@ -119,16 +129,28 @@ async def chat_response(body: ChatCompletionRequest, request: Request) -> Respon
     return await _serve(request, body, "chat/completions")
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    response_class=Response,
+    responses={**success(ChatCompletion, headers=CACHE_HEADERS, stream=_CHUNKS), **_MODEL_CALL},
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await chat_response(body, request)
 
 
-@router.post("/completions")
+@router.post(
+    "/completions",
+    response_class=Response,
+    responses={**success(Completion, headers=CACHE_HEADERS, stream=_CHUNKS), **_MODEL_CALL},
+)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _serve(request, body, "completions")
 
 
-@router.post("/embeddings")
+@router.post(
+    "/embeddings",
+    response_class=Response,
+    responses={**success(EmbeddingList, headers=CACHE_HEADERS), **_MODEL_CALL},
+)
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     return await _serve(request, body, "embeddings")

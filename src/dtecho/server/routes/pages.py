@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from dtecho import __version__
 from dtecho.errors import DtechoError
-from dtecho.protocol.dtesn import ProcessRequest
+from dtecho.protocol.dtesn import ProcessForm, ProcessRequest
 from dtecho.server.negotiation import render
+from dtecho.server.openapi import errors, negotiated
 from dtecho.server.state import ServerState, get_state
 
 router = APIRouter(tags=["pages"])
@@ -74,8 +75,12 @@ def live_status(history: Any) -> dict[str, Any] | None:
     }
 
 
-@router.get("/")
-@router.get("/status")
+_STATUS = negotiated(description="The status resource (version, uptime, models, request "
+                      "counts, the last hour): an HTML dashboard for browsers, JSON, XML or "
+                      "msgpack by `Accept`.")  # fmt: skip
+
+
+@router.get("/status", response_class=Response, responses=_STATUS)
 async def dashboard(request: Request) -> Response:
     """The status resource: an HTML dashboard for browsers, JSON/XML/msgpack otherwise."""
     state = get_state(request)
@@ -83,7 +88,13 @@ async def dashboard(request: Request) -> Response:
     return render(request, data, page=lambda: state.pages.dashboard(data), root="status")
 
 
-@router.get("/upstreams")
+@router.get("/", response_class=Response, responses=_STATUS)
+async def home(request: Request) -> Response:
+    """The status resource, as at ``/status``."""
+    return await dashboard(request)
+
+
+@router.get("/upstreams", response_class=Response, responses=negotiated())
 async def upstreams_page(request: Request) -> Response:
     """Routed models' deployments: breaker states, load, latency and error rates (HTML for
     browsers; JSON/XML/msgpack otherwise)."""
@@ -99,7 +110,24 @@ async def dtesn_form(request: Request) -> HTMLResponse:
     return HTMLResponse(get_state(request).pages.dtesn(dict(FORM_DEFAULTS)))
 
 
-@router.post("/dtesn", response_class=HTMLResponse)
+@router.post(
+    "/dtesn",
+    response_class=HTMLResponse,
+    responses={
+        400: {
+            "description": "The form with the error beside it.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": ProcessForm.model_json_schema()}
+            },
+        }
+    },
+)
 async def dtesn_submit(request: Request) -> HTMLResponse:
     """Process the submitted form and render the result (or the error) on the same page."""
     state = get_state(request)
@@ -118,7 +146,7 @@ async def dtesn_submit(request: Request) -> HTMLResponse:
     return HTMLResponse(state.pages.dtesn(form, result=result))
 
 
-@router.get("/dtesn/models/{model_id}", response_class=HTMLResponse)
+@router.get("/dtesn/models/{model_id}", response_class=HTMLResponse, responses=errors(404))
 async def dtesn_model_page(model_id: str, request: Request) -> HTMLResponse:
     """A trained model: configuration, training fit plot, versions."""
     state = get_state(request)

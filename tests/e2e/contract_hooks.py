@@ -1,0 +1,165 @@
+"""Schemathesis hooks: the request rules that JSON Schema cannot state, applied to what it
+generates.
+
+The OpenAPI document states every constraint JSON Schema can express (types, bounds, enums,
+``if``/``then`` rules between fields). A few rules relate values in ways it cannot: rows of
+equal length, as many target rows as input rows, a warmup shorter than the data, an expiry
+in the future, a balanced membrane tree, and, for a model that exists, rows as wide as the
+model's inputs. Each is stated in its field's description and enforced by the server with a
+400 naming the field; a generated request that breaks one is not "valid by the document",
+so these hooks leave it out (``filter_case``) or, for the model's width, fit it to the model
+(``map_case``). Nothing here changes what is checked about the answers.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import schemathesis
+
+from dtecho.protocol.dtesn import DtesnChatRequest
+from dtecho.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+_SERIES_FIELDS = ("input", "inputs", "targets")
+# The OpenAI routes keep fields they do not declare and pass them to an upstream server; a
+# model served in-process refuses them (400, unsupported_parameter). Which one a model is,
+# and what it can do, is the server's state, not the document's.
+_MODEL_CALLS = {
+    "/v1/chat/completions": (ChatCompletionRequest, "chat"),
+    "/v1/dtesn/chat/completions": (DtesnChatRequest, "chat"),
+    "/v1/completions": (CompletionRequest, "completions"),
+    "/v1/embeddings": (EmbeddingRequest, "embeddings"),
+}
+_capabilities: dict[str, dict[str, Any] | None] = {}
+
+
+def _model_capabilities(model: str) -> dict[str, Any] | None:
+    """A served model's capabilities (None for a model not served: a 404 is fine)."""
+    if model not in _capabilities:
+        base = os.environ.get("CONTRACT_BASE_URL", "")
+        try:
+            answer = httpx.get(f"{base}/v1/models/{model}", timeout=5)
+            card = answer.json() if answer.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            card = {}
+        _capabilities[model] = card.get("capabilities") if isinstance(card, dict) else None
+    return _capabilities[model]
+
+
+def _callable_model(path: str, body: dict[str, Any]) -> bool:
+    model_type, capability = _MODEL_CALLS[path]
+    model = body.get("model")
+    if not isinstance(model, str):
+        return True
+    capabilities = _model_capabilities(model)
+    if capabilities is None:
+        return True  # not served: 404, which the checks accept
+    if not capabilities.get(capability, False):
+        return False
+    declared = set(model_type.model_fields)
+    return set(body) <= declared  # in-process engines refuse undeclared fields
+
+
+def _rows(value: Any) -> list[Any] | None:
+    """The rows of a series or vector input, or None for a string/other value."""
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(item, int | float) and not isinstance(item, bool) for item in value):
+        return [[item] for item in value]
+    return value
+
+
+def _ragged(value: Any) -> bool:
+    rows = _rows(value)
+    if rows is None or not all(isinstance(row, list) for row in rows):
+        return False
+    return len({len(row) for row in rows}) > 1
+
+
+def _tree_ok(tree: Any) -> bool:
+    if not isinstance(tree, str):
+        return True
+    depth = 0
+    closed = False
+    for ch in tree.strip():
+        if closed:
+            return False  # a second top-level tree
+        depth += 1 if ch == "(" else -1
+        if depth < 0:
+            return False
+        closed = depth == 0
+    return closed
+
+
+def _in_future(value: Any) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return True  # not a date-time at all: the schema's own business
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment > datetime.now(UTC)
+
+
+def _consistent(path: str, body: dict[str, Any]) -> bool:
+    if path in _MODEL_CALLS:
+        return _callable_model(path, body)
+    if any(_ragged(body.get(name)) for name in _SERIES_FIELDS):
+        return False
+    inputs, targets = _rows(body.get("inputs")), _rows(body.get("targets"))
+    if inputs is not None and targets is not None and len(inputs) != len(targets):
+        return False
+    warmup = body.get("warmup", 100 if path == "/v1/dtesn/models" else 0)
+    if inputs is not None and isinstance(warmup, int | float) and warmup >= len(inputs):
+        return False
+    config = body.get("config")
+    if isinstance(config, dict) and not _tree_ok(config.get("tree")):
+        return False
+    if path.startswith("/admin/keys") and not _in_future(body.get("expires_at")):
+        return False
+    # A random settings document would reconfigure the server under test.
+    return not (path == "/admin/config/reload" and body.get("settings") is not None)
+
+
+@schemathesis.hook
+def filter_case(context: schemathesis.HookContext, case: schemathesis.Case) -> bool:
+    operation = context.operation
+    if operation is None or not isinstance(case.body, dict):
+        return True
+    return _consistent(operation.path, case.body)
+
+
+def _fit(value: Any, width: int) -> Any:
+    rows = _rows(value)
+    if rows is None or not all(isinstance(row, list) for row in rows):
+        return value
+    return [(list(row) * width)[:width] if row else [0.0] * width for row in rows]
+
+
+@schemathesis.hook
+def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
+    """Rows as wide as the model's: the stateful phase predicts with a model it created."""
+    operation = context.operation
+    if operation is None or not isinstance(case.body, dict):
+        return case
+    if not operation.path.startswith("/v1/dtesn/models/{model_id}/"):
+        return case
+    model_id = (case.path_parameters or {}).get("model_id")
+    base = os.environ.get("CONTRACT_BASE_URL")  # set by test_api_contract.py
+    if not isinstance(model_id, str) or not base:
+        return case
+    try:
+        record = httpx.get(f"{base.rstrip('/')}/v1/dtesn/models/{model_id}", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return case
+    if not isinstance(record, dict) or "input_dim" not in record:
+        return case
+    case.body["inputs"] = _fit(case.body.get("inputs"), record["input_dim"])
+    if "targets" in case.body:
+        case.body["targets"] = _fit(case.body.get("targets"), record["output_dim"])
+    return case
