@@ -495,9 +495,11 @@ class DeliverySettings(BaseModel):
     # Smaller bodies go out as they are: below about a kilobyte the codec's framing and CPU
     # outweigh the bytes saved (most of them fit one TCP segment anyway).
     compression_min_bytes: int = Field(1024, ge=0)
-    gzip_level: int = Field(6, ge=1, le=9)
+    # Level 1 of both: compression runs on the event loop, and higher levels cost two to three
+    # times the CPU for a few percent fewer bytes on our JSON (benchmarks/compression.py).
+    gzip_level: int = Field(1, ge=1, le=9)
     zstd: bool = True  # offered to clients that accept ``zstd``; gzip is always offered
-    zstd_level: int = Field(3, ge=1, le=19)
+    zstd_level: int = Field(1, ge=1, le=19)
     etags: bool = True  # ETag, If-None-Match and Cache-Control on the cacheable GETs
     # max-age of the resources that only change with the server's version (B-series tables).
     public_max_age_seconds: int = Field(86400, ge=0)

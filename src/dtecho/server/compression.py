@@ -141,8 +141,8 @@ class CompressionMiddleware:
         app: ASGIApp,
         *,
         min_bytes: int = 1024,
-        gzip_level: int = 6,
-        zstd_level: int = 3,
+        gzip_level: int = 1,
+        zstd_level: int = 1,
         zstd: bool = True,
     ) -> None:
         self.app = app
