@@ -43,6 +43,7 @@ __all__ = [
     "BreakerSettings",
     "CacheSettings",
     "ConfigError",
+    "DeliverySettings",
     "DeploymentSpec",
     "DtesnModelSpec",
     "DtesnSettings",
@@ -484,6 +485,26 @@ class StatusPageSettings(BaseModel):
         return self
 
 
+class DeliverySettings(BaseModel):
+    """How answers go out: compression by ``Accept-Encoding`` and HTTP caching (``ETag``,
+    ``304``, ``Cache-Control``) of the cacheable GET resources. See docs/delivery.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compression: bool = True
+    # Smaller bodies go out as they are: below about a kilobyte the codec's framing and CPU
+    # outweigh the bytes saved (most of them fit one TCP segment anyway).
+    compression_min_bytes: int = Field(1024, ge=0)
+    # Level 1 of both: compression runs on the event loop, and higher levels cost two to three
+    # times the CPU for a few percent fewer bytes on our JSON (benchmarks/compression.py).
+    gzip_level: int = Field(1, ge=1, le=9)
+    zstd: bool = True  # offered to clients that accept ``zstd``; gzip is always offered
+    zstd_level: int = Field(1, ge=1, le=19)
+    etags: bool = True  # ETag, If-None-Match and Cache-Control on the cacheable GETs
+    # max-age of the resources that only change with the server's version (B-series tables).
+    public_max_age_seconds: int = Field(86400, ge=0)
+
+
 class TracingSettings(BaseModel):
     """OpenTelemetry traces (``dtecho.observability.tracing``; docs/tracing.md).
 
@@ -678,6 +699,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     # Where these settings came from (set by load_settings), so that a live reload reads the
     # same sources again: the config file and the explicit overrides.

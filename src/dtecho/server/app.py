@@ -21,6 +21,8 @@ from dtecho.observability.tracing import Tracing
 from dtecho.protocol.dtesn import TrainRequest
 from dtecho.protocol.dtesn_results import CacheControlResult
 from dtecho.server.caching import RouteCache
+from dtecho.server.compression import CompressionMiddleware
+from dtecho.server.conditional import ConditionalGetMiddleware
 from dtecho.server.errors import MethodIndex, install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
 from dtecho.server.gateway import start_gateway
@@ -213,6 +215,25 @@ def _response_cache(settings: Settings) -> ResponseCache:
     )
 
 
+def _add_delivery(app: FastAPI, settings: Settings) -> None:
+    """ETags and compression (docs/delivery.md): outside the fast path, so cached answers are
+    compressed too; the ETag layer inside the compression one, so tags hash the identity body."""
+    delivery = settings.delivery
+    app.add_middleware(
+        ConditionalGetMiddleware,
+        public_max_age=delivery.public_max_age_seconds,
+        etags=delivery.etags,
+    )
+    if delivery.compression:
+        app.add_middleware(
+            CompressionMiddleware,
+            min_bytes=delivery.compression_min_bytes,
+            gzip_level=delivery.gzip_level,
+            zstd_level=delivery.zstd_level,
+            zstd=delivery.zstd,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build a dtecho ASGI app.
 
@@ -334,6 +355,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and inside the security layer, so that even a cached answer is authenticated and counted.
     app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=_LiveAliases(state))
     app.add_middleware(SecurityMiddleware, state=state)
+    _add_delivery(app, settings)
     app.add_middleware(
         ServingMiddleware,
         metrics=state.metrics,
