@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import numpy as np
 import schemathesis
 
+from dtecho.dtesn.search import check_folds
 from dtecho.protocol.dtesn import DtesnChatRequest
 from dtecho.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -36,17 +38,28 @@ _MODEL_CALLS = {
 _capabilities: dict[str, dict[str, Any] | None] = {}
 
 
-def _model_capabilities(model: str) -> dict[str, Any] | None:
-    """A served model's capabilities (None for a model not served: a 404 is fine)."""
+def _model_card(model: str) -> dict[str, Any] | None:
+    """A served model's card (None for a model not served: a 404 is fine)."""
     if model not in _capabilities:
         base = os.environ.get("CONTRACT_BASE_URL", "")
         try:
             answer = httpx.get(f"{base}/v1/models/{model}", timeout=5)
-            card = answer.json() if answer.status_code == 200 else {}
+            card = answer.json() if answer.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
-            card = {}
-        _capabilities[model] = card.get("capabilities") if isinstance(card, dict) else None
+            card = None
+        _capabilities[model] = card if isinstance(card, dict) else None
     return _capabilities[model]
+
+
+def _token_ids(value: Any) -> list[int]:
+    if not isinstance(value, list):
+        return []
+    ids: list[int] = []
+    for item in value:
+        ids += (
+            _token_ids(item) if isinstance(item, list) else [item] if isinstance(item, int) else []
+        )
+    return ids
 
 
 def _callable_model(path: str, body: dict[str, Any]) -> bool:
@@ -54,13 +67,22 @@ def _callable_model(path: str, body: dict[str, Any]) -> bool:
     model = body.get("model")
     if not isinstance(model, str):
         return True
-    capabilities = _model_capabilities(model)
-    if capabilities is None:
+    card = _model_card(model)
+    if card is None:
         return True  # not served: 404, which the checks accept
+    capabilities = card.get("capabilities") or {}
     if not capabilities.get(capability, False):
         return False
-    declared = set(model_type.model_fields)
-    return set(body) <= declared  # in-process engines refuse undeclared fields
+    if not set(body) <= set(model_type.model_fields):
+        return False  # in-process engines refuse undeclared fields
+    max_n = capabilities.get("max_n")
+    if isinstance(max_n, int) and isinstance(body.get("n"), int | float) and body["n"] > max_n:
+        return False
+    if str(card.get("tokenizer", "")).startswith("bytes"):  # token ids are bytes: 0-255
+        ids = _token_ids(body.get("prompt")) + _token_ids(body.get("input"))
+        if any(not 0 <= i <= 255 for i in ids):
+            return False
+    return True
 
 
 def _rows(value: Any) -> list[Any] | None:
@@ -120,6 +142,13 @@ def _consistent(path: str, body: dict[str, Any]) -> bool:
     config = body.get("config")
     if isinstance(config, dict) and not _tree_ok(config.get("tree")):
         return False
+    if config == "auto" and inputs is not None and targets is not None:
+        folds = (body.get("tune") or {}).get("folds", 3)
+        try:  # the search's own rule: enough rows for its folds
+            check_folds(np.asarray(inputs, float), np.asarray(targets, float),
+                        folds=int(folds), warmup=int(warmup))  # fmt: skip
+        except (TypeError, ValueError):
+            return False
     if path.startswith("/admin/keys") and not _in_future(body.get("expires_at")):
         return False
     # A random settings document would reconfigure the server under test.

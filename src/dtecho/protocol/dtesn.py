@@ -406,7 +406,8 @@ DTESN_CHAT_FIELDS = ("enable_dtesn", "dtesn_membrane_depth", "dtesn_esn_size")
 
 
 class ProcessForm(BaseModel):
-    """The page form of ``POST /dtesn`` (``application/x-www-form-urlencoded``)."""
+    """The page form of ``POST /dtesn`` (``application/x-www-form-urlencoded``): every value
+    arrives as text, so numbers are parsed from it (unlike the JSON routes' strict types)."""
 
     model_config = ConfigDict(
         extra="allow",  # a browser may send other controls; they are ignored
@@ -414,7 +415,11 @@ class ProcessForm(BaseModel):
     )
 
     input: str = Field(min_length=1, description="Text to process.")
-    membrane_depth: Int = Field(4, ge=1, le=8)
-    esn_size: Int = Field(512, ge=32, le=4096)
+    membrane_depth: int = Field(4, ge=1, le=8)
+    esn_size: int = Field(512, ge=32, le=4096)
     integrator: str = _INTEGRATOR
-    seed: Int = Field(0, ge=0, le=2**32 - 1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    def process_request(self) -> ProcessRequest:
+        """The equivalent ``POST /v1/dtesn/process`` body."""
+        return ProcessRequest.model_validate(self.model_dump(include=set(type(self).model_fields)))

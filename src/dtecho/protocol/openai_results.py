@@ -23,7 +23,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class ChatMessage(BaseModel):
+class AssistantMessage(BaseModel):
     model_config = _OPEN
 
     role: str
@@ -34,7 +34,7 @@ class ChatChoice(BaseModel):
     model_config = _OPEN
 
     index: int
-    message: ChatMessage
+    message: AssistantMessage
     finish_reason: str | None
     logprobs: dict[str, Any] | None = None
 

@@ -174,10 +174,10 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     if status == 404 and exc.detail == "Not Found":
         message = f"Unknown request URL: {request.method} {request.url.path}."
     elif status == 405:
-        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
         index: MethodIndex | None = getattr(request.app.state, "method_index", None)
         allowed = index.allowed(request.url.path) if index is not None else []
-        if allowed:
+        if allowed:  # else Starlette's own (the first matching route's methods)
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
             headers["allow"] = ", ".join(allowed)
         if request.method == "OPTIONS":  # RFC 9110 §9.3.7: what the resource supports
             return Response(status_code=204, headers=headers)

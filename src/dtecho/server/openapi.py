@@ -125,7 +125,8 @@ def success(
         entry["headers"] = headers
     if stream is not None:
         entry["description"] += f". As a stream (`stream: true`): {stream}"
-        entry["content"] = {EVENT_STREAM: {"schema": sse_schema(events)}}
+        # JSON first: generated clients parse a 200 by its first media type.
+        entry["content"] = {JSON: {}, EVENT_STREAM: {"schema": sse_schema(events)}}
     return {status: entry}
 
 

@@ -33,6 +33,27 @@ def _validated(model: type, data: Any) -> Any:
         ) from None
 
 
+def _form_int(value: Any, name: str, default: int) -> int:
+    """A form field's integer (a form carries text; the JSON body's fields are typed)."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(str(value))
+    except ValueError:
+        raise InvalidRequest(f"{name}: an integer.", param=name) from None
+
+
+def _form_bool(value: Any, name: str) -> bool | None:
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if text in ("true", "1", "on", "yes"):
+        return True
+    if text in ("false", "0", "off", "no"):
+        return False
+    raise InvalidRequest(f"{name}: true or false.", param=name)
+
+
 def _columns(spec: str, width: int) -> list[int]:
     try:
         columns = [int(part) % width for part in spec.split(",") if part.strip()]
@@ -65,10 +86,10 @@ async def _training_data(request: Request) -> tuple[TrainRequest, np.ndarray, np
                 "name": form.get("name"),
                 "inputs": [[0.0]],
                 "targets": [[0.0]],
-                "warmup": form.get("warmup", 100),
+                "warmup": _form_int(form.get("warmup"), "warmup", 100),
                 "config": config if isinstance(config, str) else config.model_dump(),
                 "tune": tune_from_form(form.get("tune")),  # type: ignore[arg-type]
-                "background": form.get("background"),
+                "background": _form_bool(form.get("background"), "background"),
             },
         )
         return train, table[:, inputs_at], table[:, targets_at]

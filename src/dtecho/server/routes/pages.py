@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from dtecho import __version__
 from dtecho.errors import DtechoError
-from dtecho.protocol.dtesn import ProcessForm, ProcessRequest
+from dtecho.protocol.dtesn import ProcessForm
 from dtecho.server.negotiation import render
 from dtecho.server.openapi import errors, negotiated
 from dtecho.server.state import ServerState, get_state
@@ -134,7 +134,7 @@ async def dtesn_submit(request: Request) -> HTMLResponse:
     fields = (await request.form()).items()
     form = {**FORM_DEFAULTS, **{key: value for key, value in fields if key in FORM_DEFAULTS}}
     try:
-        body = ProcessRequest.model_validate(form)
+        body = ProcessForm.model_validate(form).process_request()
         result = await state.dtesn.process(body)
     except DtechoError as exc:
         return HTMLResponse(state.pages.dtesn(form, error=exc.message), exc.status_code)
