@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -43,9 +44,9 @@ def _model_card(model: str) -> dict[str, Any] | None:
     if model not in _capabilities:
         base = os.environ.get("CONTRACT_BASE_URL", "")
         try:
-            answer = httpx.get(f"{base}/v1/models/{model}", timeout=5)
+            answer = httpx.get(f"{base}/v1/models/{quote(model, safe='')}", timeout=5)
             card = answer.json() if answer.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             card = None
         _capabilities[model] = card if isinstance(card, dict) else None
     return _capabilities[model]
@@ -78,6 +79,11 @@ def _callable_model(path: str, body: dict[str, Any]) -> bool:
     max_n = capabilities.get("max_n")
     if isinstance(max_n, int) and isinstance(body.get("n"), int | float) and body["n"] > max_n:
         return False
+    cap, n = capabilities.get("max_output_tokens"), body.get("n", 1)
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    numbers = all(isinstance(x, int | float) for x in (cap, asked, n))
+    if numbers and asked * n > cap:  # type: ignore[operator]
+        return False  # the model's bound on one request's work (its card says it)
     if str(card.get("tokenizer", "")).startswith("bytes"):  # token ids are bytes: 0-255
         ids = _token_ids(body.get("prompt")) + _token_ids(body.get("input"))
         if any(not 0 <= i <= 255 for i in ids):
@@ -183,8 +189,9 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
     if not isinstance(model_id, str) or not base:
         return case
     try:
-        record = httpx.get(f"{base.rstrip('/')}/v1/dtesn/models/{model_id}", timeout=5).json()
-    except (httpx.HTTPError, ValueError):
+        url = f"{base.rstrip('/')}/v1/dtesn/models/{quote(model_id, safe='')}"
+        record = httpx.get(url, timeout=5).json()
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
         return case
     if not isinstance(record, dict) or "input_dim" not in record:
         return case

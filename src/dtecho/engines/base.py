@@ -110,6 +110,9 @@ class Capabilities:
     token_prompts: bool = False
     max_n: int = 1
     max_context_tokens: int | None = None
+    # Tokens one request may generate, all choices together (n × max_tokens): a bound on the
+    # work of one synchronous request (None: the engine's own limits apply).
+    max_output_tokens: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

@@ -155,6 +155,7 @@ class ModelRegistry:
                     "embeddings": capabilities.embeddings,
                     "logprobs": capabilities.logprobs,
                     "max_n": capabilities.max_n,
+                    "max_output_tokens": capabilities.max_output_tokens,
                 }
                 card.update(capabilities.metadata)
         return card

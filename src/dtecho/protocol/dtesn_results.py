@@ -149,7 +149,7 @@ class Prediction(BaseModel):
     model: str
     version: int
     predictions: Rows
-    forecast: Rows
+    forecast: Rows | None = Field(None, description="With horizon > 0 only.")
 
 
 class BSeriesTree(BaseModel):

@@ -73,6 +73,18 @@ def _check_common(request: Any, capabilities: Capabilities, model: str) -> None:
     _reject_unsupported_extras(request, model)
     if request.n > capabilities.max_n:
         raise InvalidRequest(f"Model '{model}' supports n up to {capabilities.max_n}.", param="n")
+    cap, asked = capabilities.max_output_tokens, request.token_limit
+    if cap is not None and asked is not None and asked * request.n > cap:
+        field = (
+            "max_completion_tokens"
+            if getattr(request, "max_completion_tokens", None)
+            else "max_tokens"
+        )
+        raise InvalidRequest(
+            f"Model '{model}' generates at most {cap} tokens per request (n × {field}); "
+            f"this one asks for {asked * request.n}.",
+            param=field,
+        )
 
 
 def _sampling(
