@@ -316,3 +316,27 @@ def create_postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
     return url, drop
+
+
+def generated_client(base_url: str, directory: Path) -> Any:
+    """The package ``openapi-python-client`` writes from the server's document, imported."""
+    import importlib
+
+    document = directory / "openapi.json"
+    document.write_bytes(httpx.get(f"{base_url}/openapi.json").content)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run(
+        [str(bin_dir / "openapi-python-client"), "generate", "--path", str(document),
+         "--meta", "none", "--output-path", str(directory / "deep_tree_echo_client")],
+        capture_output=True, text=True, env=env, cwd=directory, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Unable to" not in run.stdout, run.stdout  # every schema became a model
+    for name in [m for m in sys.modules if m.startswith("deep_tree_echo_client")]:
+        del sys.modules[name]  # a fresh import of this document's client
+    sys.path.insert(0, str(directory))
+    try:
+        return importlib.import_module("deep_tree_echo_client")
+    finally:
+        sys.path.remove(str(directory))

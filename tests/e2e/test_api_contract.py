@@ -7,7 +7,6 @@ here; the README gives the larger local run).
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import ServerProcess, start_server
+from support import ServerProcess, generated_client, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -117,27 +116,8 @@ def test_options_on_an_unknown_path_is_404(server: ServerProcess) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
-def _generated_client(server: ServerProcess, directory: Path) -> object:
-    """``openapi-python-client`` run on the served document; the package it writes."""
-    document = directory / "openapi.json"
-    document.write_bytes(httpx.get(f"{server.base_url}/openapi.json").content)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    run = subprocess.run(
-        [str(BIN / "openapi-python-client"), "generate", "--path", str(document),
-         "--meta", "none", "--output-path", str(directory / "deep_tree_echo_client")],
-        capture_output=True, text=True, env=env, cwd=directory, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Unable to" not in run.stdout, run.stdout  # every schema became a model
-    sys.path.insert(0, str(directory))
-    try:
-        return importlib.import_module("deep_tree_echo_client")
-    finally:
-        sys.path.remove(str(directory))
-
-
 def test_generated_client_drives_the_dtesn_routes(server: ServerProcess, tmp_path: Path) -> None:
-    client_package = _generated_client(server, tmp_path)
+    client_package = generated_client(server.base_url, tmp_path)
     from deep_tree_echo_client.api.dtesn import get_bseries, process_dtesn
     from deep_tree_echo_client.api.dtesn_models import (
         create_dtesn_model,
