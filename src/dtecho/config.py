@@ -64,6 +64,7 @@ __all__ = [
     "SloObjective",
     "SloSettings",
     "TracingSettings",
+    "WorkLimits",
     "load_settings",
     "redact_url",
     "reload_settings",
@@ -150,6 +151,24 @@ class DtesnSettings(BaseModel):
     max_input_steps: int = Field(100_000, gt=0)  # bytes of a string input or rows of vectors
     network_cache_size: int = Field(8, ge=1)  # built networks kept for reuse
     stream_heartbeat_seconds: float = Field(10.0, gt=0)
+
+
+class WorkLimits(BaseModel):
+    """Bounded work per request: cost budgets, deadlines and admission (``docs/limits.md``).
+
+    Costs are estimates in *reference seconds* (``dtecho.services.budget``, calibrated by
+    ``benchmarks/request_cost.py``); deadlines are wall-clock seconds; None turns one off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_sync_cost: float = Field(5.0, gt=0)  # a request answered while the client waits
+    max_background_cost: float = Field(900.0, gt=0)  # training jobs, searches, DTESN streams
+    deadline_seconds: float | None = Field(60.0, gt=0)  # until an answer starts
+    model_deadline_seconds: float | None = Field(600.0, gt=0)  # the same for model routes
+    stream_deadline_seconds: float | None = Field(None, gt=0)  # a started stream, in all
+    max_in_flight: int | None = Field(512, ge=1)  # requests at once in one worker
+    overload_retry_after_seconds: float = Field(1.0, gt=0, le=3600)
 
 
 class BatchingSettings(BaseModel):
@@ -687,6 +706,7 @@ class Settings(BaseSettings):
     models: list[ModelSpec] = Field(default_factory=_default_models, min_length=1)
     dtesn: DtesnSettings = Field(default_factory=DtesnSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    work_limits: WorkLimits = Field(default_factory=WorkLimits)
     # The store: SQLite in data_dir by default; ``postgresql+asyncpg://…`` for a shared one.
     # May be a secret reference (it can hold a password).
     database_url: Secret | None = None

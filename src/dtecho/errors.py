@@ -7,9 +7,12 @@ OpenAI ``type`` and a default ``code``; ``param`` names the offending request fi
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "AuthenticationFailed",
     "Conflict",
+    "DeadlineExceeded",
     "DtechoError",
     "EngineUnavailable",
     "InvalidRequest",
@@ -20,6 +23,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
+    "RequestTooCostly",
     "UpstreamError",
 ]
 
@@ -52,6 +56,34 @@ class InvalidRequest(DtechoError):
     status_code = 400
     error_type = "invalid_request_error"
     default_code = "invalid_value"
+
+
+class RequestTooCostly(InvalidRequest):
+    """The request's estimated work exceeds the configured budget (400, ``request_too_costly``).
+
+    A 400 rather than a 413: the body is small, its *settings* ask for too much work, as
+    OpenAI's ``context_length_exceeded`` is a 400. ``limit`` and ``estimate`` are in the
+    budget's units (reference seconds, ``dtecho.services.budget``); ``setting`` names the
+    limit that refused it.
+    """
+
+    default_code = "request_too_costly"
+
+    def __init__(
+        self, message: str, *, limit: float, estimate: float, setting: str, **kwargs: object
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.limit, self.estimate, self.setting = limit, estimate, setting
+
+    def renamed(self, names: dict[str, str]) -> RequestTooCostly:
+        """The same refusal with ``param`` (and the fields in the message) spelled as another
+        request names them (the DTESN chat route's ``dtesn_esn_size``)."""
+        message = self.message
+        for old, new in names.items():
+            message = re.sub(rf"\b{re.escape(old)}\b", new, message)
+        param = names.get(self.param, self.param) if self.param else None
+        return RequestTooCostly(message, param=param, limit=self.limit,
+                                estimate=self.estimate, setting=self.setting)  # fmt: skip
 
 
 class NotFound(DtechoError):
@@ -141,6 +173,14 @@ class EngineUnavailable(DtechoError):
     status_code = 503
     error_type = "server_error"
     default_code = "engine_unavailable"
+
+
+class DeadlineExceeded(DtechoError):
+    """The request's wall-clock deadline passed before its answer started (504)."""
+
+    status_code = 504
+    error_type = "server_error"
+    default_code = "deadline_exceeded"
 
 
 class UpstreamError(DtechoError):

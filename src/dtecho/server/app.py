@@ -23,12 +23,14 @@ from dtecho.protocol.dtesn_results import CacheControlResult
 from dtecho.server.caching import RouteCache
 from dtecho.server.compression import CompressionMiddleware
 from dtecho.server.conditional import ConditionalGetMiddleware
+from dtecho.server.deadlines import DeadlineMiddleware
 from dtecho.server.errors import MethodIndex, install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
 from dtecho.server.gateway import start_gateway
 from dtecho.server.live.reloader import LiveConfig
 from dtecho.server.middleware import ServingMiddleware
 from dtecho.server.openapi import install_openapi, operation_id
+from dtecho.server.overload import OverloadMiddleware
 from dtecho.server.routes import admin, cache, dtesn, dtesn_models, health, openai, pages
 from dtecho.server.security import SecurityMiddleware
 from dtecho.server.state import ServerState
@@ -248,12 +250,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         models=ModelRegistry.from_settings(settings),
         dtesn=DtesnService(
-            settings.dtesn, settings.batching, BatchMetrics(metrics.registry, "dtesn")
+            settings.dtesn,
+            settings.batching,
+            BatchMetrics(metrics.registry, "dtesn"),
+            limits=settings.work_limits,
         ),
         dtesn_models=ModelService(
             settings.data_dir,
             settings.batching,
             BatchMetrics(metrics.registry, "dtesn_predict"),
+            limits=settings.work_limits,
         ),
         cache=RouteCache(_response_cache(settings), settings),
     )
@@ -355,7 +361,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and inside the security layer, so that even a cached answer is authenticated and counted.
     app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=_LiveAliases(state))
     app.add_middleware(SecurityMiddleware, state=state)
+    # The deadline inside the delivery layers (its 504 and closing error event are compressed
+    # like any answer), admission outside them: both inside the serving middleware, so that
+    # refusals and 504s get ids, metrics and log lines. The deadline covers auth and quota.
+    limits = settings.work_limits
+    app.add_middleware(
+        DeadlineMiddleware,
+        deadline_seconds=limits.deadline_seconds,
+        model_deadline_seconds=limits.model_deadline_seconds,
+        stream_deadline_seconds=limits.stream_deadline_seconds,
+    )
     _add_delivery(app, settings)
+    app.add_middleware(
+        OverloadMiddleware,
+        max_in_flight=limits.max_in_flight,
+        retry_after_seconds=limits.overload_retry_after_seconds,
+        metrics=state.metrics,
+    )
     app.add_middleware(
         ServingMiddleware,
         metrics=state.metrics,

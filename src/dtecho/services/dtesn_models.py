@@ -25,12 +25,20 @@ from typing import Any
 import numpy as np
 
 from dtecho.batching.micro import BatchObserver, batcher_from_settings
-from dtecho.config import BatchingSettings
+from dtecho.config import BatchingSettings, WorkLimits
 from dtecho.dtesn import DTESN
 from dtecho.dtesn.reservoir import Reservoir
 from dtecho.dtesn.search import DEFAULT_SPACE, TREE_SPACE, TrialProgress, check_folds, search
 from dtecho.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from dtecho.protocol.dtesn import ModelConfig, TrainRequest, TuneOptions
+from dtecho.services.budget import (
+    Cost,
+    WorkBudget,
+    fit_cost,
+    predict_cost,
+    tune_cost,
+    update_cost,
+)
 from dtecho.services.model_store import ModelStore, new_model_id
 
 __all__ = [
@@ -176,6 +184,13 @@ def predict_many(
     return list(zip(predicted, forecasts, strict=True))
 
 
+def _shape(config: dict[str, Any] | ModelConfig) -> dict[str, Any]:
+    """The settings a cost estimate needs, from a ModelConfig or a record's ``config``."""
+    data = config.model_dump() if isinstance(config, ModelConfig) else config
+    keys = ("units", "depth", "tree", "connectivity", "integrator")
+    return {key: data[key] for key in keys}
+
+
 def _estimator(config: ModelConfig) -> DTESN:
     return DTESN(**config.model_dump())
 
@@ -192,7 +207,10 @@ class ModelService:
         data_dir: Path,
         batching: BatchingSettings | None = None,
         observer: BatchObserver | None = None,
+        limits: WorkLimits | None = None,
     ) -> None:
+        limits = limits or WorkLimits()
+        self.budget = WorkBudget(limits.max_sync_cost, limits.max_background_cost)
         self.store = ModelStore(data_dir / "dtesn-models")
         self._locks: dict[str, asyncio.Lock] = {}
         self._jobs: set[asyncio.Task[None]] = set()
@@ -230,6 +248,8 @@ class ModelService:
             )
         tuning = request.tuning
         estimator: DTESN | None = None
+        background = request.background
+        width = int(inputs.shape[1])
         if tuning is None:
             assert isinstance(request.config, ModelConfig)
             try:
@@ -237,6 +257,19 @@ class ModelService:
                 _ = estimator.membranes  # checks units against the structure before any work
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param="config") from None
+            cost = fit_cost(rows, input_dim=width, **_shape(request.config))
+            if background is None:  # large trainings answer at once and run as jobs
+                background = (
+                    rows * request.config.units > BACKGROUND_WORK
+                    or cost.seconds > self.budget.max_sync_cost
+                )
+            self.budget.check(
+                cost,
+                background=background,
+                alternative='Send it with "background": true to train it as a job '
+                f"(202; poll the model), within work_limits.max_background_cost "
+                f"({self.budget.max_background_cost:g}).",
+            )
         else:
             try:  # enough rows for the folds: a 400 now, not a failed job later
                 check_folds(inputs, targets, folds=tuning.folds, warmup=request.warmup)
@@ -244,6 +277,9 @@ class ModelService:
                 raise InvalidRequest(
                     f"Cannot tune on this data: {exc}.", param="tune.folds"
                 ) from None
+            search_cost = tune_cost(rows, trials=tuning.trials, folds=tuning.folds,
+                                    units=tuning.units, input_dim=width)  # fmt: skip
+            self.budget.check(search_cost, background=True)
         now = int(time.time())
         record: dict[str, Any] = {
             "id": new_model_id(),
@@ -266,9 +302,6 @@ class ModelService:
             self._start(self._tune_job(record, tuning, inputs, targets))
             return record, True
         assert estimator is not None and isinstance(request.config, ModelConfig)
-        background = request.background
-        if background is None:
-            background = rows * request.config.units > BACKGROUND_WORK
         if background:
             self._start(self._train_job(record, estimator, inputs, targets))
             return record, True
@@ -456,6 +489,12 @@ class ModelService:
                 self._reservoirs.popitem(last=False)
         return reservoir
 
+    @staticmethod
+    def _predict_cost(record: dict[str, Any], inputs: np.ndarray, horizon: int) -> Cost:
+        return predict_cost(
+            len(inputs), horizon, input_dim=record["input_dim"], **_shape(record["config"])
+        )
+
     def _predict_batch(
         self, key: tuple[str, int, int], items: list[tuple[DTESN, np.ndarray]]
     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -477,6 +516,11 @@ class ModelService:
             )
         if len(inputs) == 0:
             raise InvalidRequest("'inputs' has no rows.", param="inputs")
+        self.budget.check(
+            self._predict_cost(record, inputs, horizon),
+            alternative='With "stream": true the predictions arrive as they are computed, '
+            f"within work_limits.max_background_cost ({self.budget.max_background_cost:g}).",
+        )
         version = record["version"]
         model = self.store.load(model_id, version)
         if self.batcher is not None:
@@ -508,6 +552,7 @@ class ModelService:
             raise InvalidRequest(
                 "Closed-loop forecasting needs output_dim == input_dim.", param="horizon"
             )
+        self.budget.check(self._predict_cost(record, inputs, horizon), background=True)
         model = self.store.load(model_id, record["version"])
         return self._prediction_events(model, record["version"], inputs, horizon)
 
@@ -544,6 +589,10 @@ class ModelService:
                 raise InvalidRequest("targets and inputs differ in length.", param="targets")
             if warmup >= inputs.shape[0]:
                 raise InvalidRequest("warmup leaves no rows to learn from.", param="warmup")
+            cost = update_cost(
+                len(inputs), input_dim=record["input_dim"], **_shape(record["config"])
+            )
+            self.budget.check(cost)
             model = self.store.fresh_copy(model_id, record["version"])
 
             def work() -> tuple[float, float]:

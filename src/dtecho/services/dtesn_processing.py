@@ -219,6 +219,11 @@ class Processor:
         self._max = max_networks
         self._lock = threading.Lock()
 
+    def is_built(self, config: NetworkConfig) -> bool:
+        """Whether ``config``'s network is cached (a request for it skips the build's cost)."""
+        with self._lock:
+            return config in self._networks
+
     def network(self, config: NetworkConfig) -> _Network:
         """The built network for ``config`` (raises ValueError for impossible configurations)."""
         with self._lock:
@@ -227,6 +232,7 @@ class Processor:
                 self._networks.move_to_end(config)
                 return cached
         model = config.model()
+        assert not model.feedback  # what makes W block-triangular (_block_triangular_radius)
         model._ensure_reservoir(config.input_dim)
         tableau = bseries.TABLEAUX[config.integrator]
         order = bseries.order(tableau)
@@ -236,7 +242,7 @@ class Processor:
             table = np.ascontiguousarray(reservoir.W_in.T, dtype=reservoir.dtype)
             if reservoir.bias.any():
                 table += reservoir.bias.astype(reservoir.dtype)
-        radius = spectral_radius(reservoir.W)
+        radius = _block_triangular_radius(reservoir.W, model.membranes_)
         checked = len(bseries.order_conditions(min(order + 1, 8)))
         built = _Network(
             model=model,
@@ -401,6 +407,20 @@ class Processor:
             processing_time_ms=elapsed_ms,
             layout=layout,
         )
+
+
+def _block_triangular_radius(W: Any, membranes: Sequence[Membrane]) -> float:
+    """ρ(W) of a network without feedback: W is block lower-triangular (membranes on the
+    diagonal, parent→child couplings below), so its eigenvalues are its diagonal blocks'.
+
+    Exact, and bounded: ARPACK on the whole W of a deep tree (hundreds of blocks, all of
+    radius 1 before scaling) converged so slowly that a depth-8 network of 1,024 units took
+    80 s to build (512 units: 23 s), and returned 0.9008 for 0.9."""
+    W = W.tocsr()
+    return max(
+        (spectral_radius(W[m.start : m.stop, m.start : m.stop]) for m in membranes),
+        default=0.0,
+    )
 
 
 def _rms_rows(rows: np.ndarray, blocks: Sequence[tuple[int, int, int]]) -> list[list[float]]:

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dtecho.batching.micro import BatchObserver, batcher_from_settings, usable_cpus
-from dtecho.config import BatchingSettings, DtesnSettings
+from dtecho.config import BatchingSettings, DtesnSettings, WorkLimits
 from dtecho.dtesn import trees
-from dtecho.errors import DtechoError, InvalidRequest, PayloadTooLarge
+from dtecho.errors import DeadlineExceeded, DtechoError, InvalidRequest, PayloadTooLarge
 from dtecho.observability import semconv
 from dtecho.observability import tracing as tr
 from dtecho.protocol.dtesn import ProcessOptions, ProcessRequest, validate_input
+from dtecho.services import deadline
+from dtecho.services.budget import WorkBudget, batch_cost, process_cost
 from dtecho.services.dtesn_processing import (
     NetworkConfig,
     ProcessCancelled,
@@ -35,6 +37,10 @@ def membranes_for_depth(depth: int) -> int:
     return sum(trees.count(k) for k in range(1, depth + 1))
 
 
+def _deadline_exceeded() -> DeadlineExceeded:
+    return DeadlineExceeded("The request's deadline passed while it was being processed.")
+
+
 def _error_dict(exc: DtechoError) -> dict[str, Any]:
     return {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}
 
@@ -47,8 +53,11 @@ class DtesnService:
         settings: DtesnSettings,
         batching: BatchingSettings | None = None,
         observer: BatchObserver | None = None,
+        limits: WorkLimits | None = None,
     ) -> None:
         self.settings = settings
+        limits = limits or WorkLimits()
+        self.budget = WorkBudget(limits.max_sync_cost, limits.max_background_cost)
         self.processor = Processor(settings.network_cache_size)
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.batcher = batcher_from_settings(self._run_batch, batching, observer)
@@ -63,13 +72,38 @@ class DtesnService:
         configuration arriving together share one vectorised run), else on its own."""
         if self.batcher is not None:
             return await self.batcher.submit((config, points), data)
-        return await asyncio.to_thread(
-            self.processor.process, config, data, trajectory_points=points
-        )
+        try:
+            return await asyncio.to_thread(
+                self.processor.process,
+                config,
+                data,
+                trajectory_points=points,
+                cancelled=deadline.passed,  # past the request's deadline: stop at a chunk
+            )
+        except ProcessCancelled:
+            raise _deadline_exceeded() from None
 
     def counts(self) -> dict[tuple[str, str], int]:
         """``{(operation, outcome): n}`` for the metrics endpoint."""
         return dict(self.outcomes)
+
+    def check_cost(self, config: NetworkConfig, steps: int, *, stream: bool = False) -> None:
+        """Refuse (:class:`~dtecho.errors.RequestTooCostly`) a run over its budget: the
+        synchronous one, or for a stream (progress as it runs, stopped by a disconnect) the
+        background one."""
+        cost = process_cost(
+            steps,
+            esn_size=config.esn_size,
+            membrane_depth=config.membrane_depth,
+            integrator=config.integrator,
+            built=self.processor.is_built(config),
+        )
+        self.budget.check(
+            cost,
+            background=stream,
+            alternative="POST /v1/dtesn/stream runs it with progress events, within "
+            f"work_limits.max_background_cost ({self.budget.max_background_cost:g}).",
+        )
 
     def prepare(
         self, value: Any, options: ProcessOptions, param: str = "input"
@@ -109,6 +143,7 @@ class DtesnService:
 
     async def _process(self, request: ProcessRequest) -> ProcessResult:
         config, data = self.prepare(request.input, request)
+        self.check_cost(config, len(data))
         attributes = {
             semconv.DTESN_UNITS: request.esn_size,
             semconv.DTESN_INTEGRATOR: request.integrator,
@@ -142,6 +177,15 @@ class DtesnService:
                 data[index] = {"index": index, "error": _error_dict(exc)}
                 continue
             groups.setdefault(config, []).append((index, prepared))
+        for config, members in groups.items():  # one network per input kind, all items' steps
+            cost = batch_cost(
+                (len(prepared) for _, prepared in members),
+                esn_size=config.esn_size,
+                membrane_depth=config.membrane_depth,
+                integrator=config.integrator,
+                built=self.processor.is_built(config),
+            )
+            self.budget.check(cost)
         points = options.trajectory_points
         chunks = [
             (config, members[start : start + self.batch_size])
@@ -152,12 +196,16 @@ class DtesnService:
 
         async def run(config: NetworkConfig, chunk: list[tuple[int, Any]]) -> None:
             async with lanes:
-                results = await asyncio.to_thread(
-                    self.processor.process_many,
-                    config,
-                    [prepared for _, prepared in chunk],
-                    trajectory_points=points,
-                )
+                try:
+                    results = await asyncio.to_thread(
+                        self.processor.process_many,
+                        config,
+                        [prepared for _, prepared in chunk],
+                        trajectory_points=points,
+                        cancelled=deadline.passed,
+                    )
+                except ProcessCancelled:
+                    raise _deadline_exceeded() from None
             for (index, _), result in zip(chunk, results, strict=True):
                 data[index] = {"index": index, "result": result.as_dict(options.include_states)}
 
@@ -171,6 +219,7 @@ class DtesnService:
         finish, ``heartbeat`` while a chunk takes long, then ``result`` or ``error``.
         Closing the iterator stops the computation at the next chunk."""
         config, data = self.prepare(request.input, request)
+        self.check_cost(config, len(data), stream=True)
         return self._events(config, data, request)
 
     async def _events(
