@@ -139,18 +139,21 @@ def main() -> None:
     # A: per nonzero and stage; B: per unit and stage (the step model)
     step_rows = [[r["stages"] * r["nonzeros"], r["stages"] * r["esn_size"]] for r in process]
     A, B = _lstsq(step_rows, [r["seconds"] / r["steps"] for r in process])
-    # C: the first build also compiles kernels, so it is left out
-    C = max(r["build_s"] / r["nonzeros"] for r in process[1:])
+    # C: the median build per nonzero (the first build also compiles kernels: left out)
+    C = float(np.median([r["build_s"] / r["nonzeros"] for r in process[1:]]))
 
     train = measure_train(TRAIN_GRID[:2] if quick else TRAIN_GRID)
-    # D: normal equations per row·F², E: solve per F³, and the build (C, fitted here too:
-    # a training draws W once, where processing also computes ρ(W)), on what is left once
-    # the reservoir runs (fit and evaluation) are taken off
-    readout = [r["seconds"] - 2 * r["rows"] * (A * r["nonzeros"] + B * r["units"]) for r in train]
-    D, E, _ = _lstsq(
-        [[r["rows"] * r["features"] ** 2, r["features"] ** 3, r["nonzeros"]] for r in train],
-        [max(x, 1e-6) for x in readout],
-    )
+
+    # E: the ridge path's solve per F³, from the largest training (the solve dominates it);
+    # D: the normal equations per row·F², from the smallest (the rows dominate it); each
+    # once the reservoir runs (fit and evaluation) and the other term are taken off.
+    def readout(r: dict[str, Any]) -> float:
+        return r["seconds"] - 2 * r["rows"] * (A * r["nonzeros"] + B * r["units"])
+
+    big, small = max(train, key=lambda r: r["units"]), min(train, key=lambda r: r["units"])
+    E = max(0.0, readout(big) / big["features"] ** 3)
+    D = max(0.0, (readout(small) - E * small["features"] ** 3)
+            / (small["rows"] * small["features"] ** 2))  # fmt: skip
 
     forecast = measure_predict(400, 500, 200 if quick else 2000)
     step = A * forecast["nonzeros"] + B * forecast["units"]

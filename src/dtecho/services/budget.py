@@ -11,8 +11,8 @@ The models follow the work the code does:
   nonzeros plus elementwise work per unit (leak, tanh): ``stages · (A·nnz + B·units)``, with
   ``nnz`` counted from the membrane structure exactly as :func:`dtecho.dtesn.reservoir.
   build_weights` draws it (connectivity · units inputs per row of every recurrent and
-  coupling block) — a single membrane of 4,096 units has about 8 times the nonzeros of
-  the same units split into depth 8's 200 membranes, and measures about that much slower;
+  coupling block) — a single membrane of 4,096 units has about 100 times the nonzeros of
+  the same units split into depth 8's 200 membranes, and runs many times slower;
 - building a network (drawing W, its spectral radii) costs ``C·nnz``;
 - training runs the reservoir over the rows twice (fit, then the fit's evaluation), then
   accumulates the readout's normal equations (``D·rows·F²``, F = units + inputs + 1 features)

@@ -38,7 +38,9 @@ def membranes_for_depth(depth: int) -> int:
 
 
 def _deadline_exceeded() -> DeadlineExceeded:
-    return DeadlineExceeded("The request's deadline passed while it was being processed.")
+    return DeadlineExceeded(
+        "The request ran past its deadline (work_limits) while it was being processed."
+    )
 
 
 def _error_dict(exc: DtechoError) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dtecho.dtesn import bseries, trees
+from dtecho.errors import RequestTooCostly
 from dtecho.protocol.dtesn import BatchRequest, DtesnChatRequest, ProcessRequest
 from dtecho.protocol.dtesn_results import BatchResult, BSeriesReference, ProcessResult
 from dtecho.protocol.openai_results import ChatCompletion
@@ -21,6 +22,12 @@ from dtecho.server.routes.openai import chat_response
 from dtecho.server.state import get_state
 
 router = APIRouter(prefix="/v1/dtesn", tags=["dtesn"])
+# The processing fields of a DTESN chat request, by their names in ProcessRequest.
+_CHAT_FIELDS = {
+    "input": "messages",
+    "esn_size": "dtesn_esn_size",
+    "membrane_depth": "dtesn_membrane_depth",
+}
 
 
 async def _process(request: Request, body: ProcessRequest) -> tuple[bytes, XCache]:
@@ -153,7 +160,10 @@ async def dtesn_chat_completions(body: DtesnChatRequest, request: Request) -> Re
             enable_caching=body.enable_caching,
             invalidation_tags=body.invalidation_tags,
         )
-        processed = json.loads((await _process(request, options))[0])
+        try:
+            processed = json.loads((await _process(request, options))[0])
+        except RequestTooCostly as exc:  # named as this request spells the fields
+            raise exc.renamed(_CHAT_FIELDS) from None
     response = await chat_response(body.chat_request(), request)
     response.headers["x-cache-hit"] = str(response.headers[CACHE_HEADER].startswith("HIT")).lower()
     response.headers["x-dtesn-processed"] = "true" if processed else "false"
