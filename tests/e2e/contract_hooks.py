@@ -25,8 +25,15 @@ import schemathesis
 from dtecho.dtesn.search import check_folds
 from dtecho.protocol.dtesn import DtesnChatRequest
 from dtecho.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from dtecho.services import budget
 
 _SERIES_FIELDS = ("input", "inputs", "targets")
+# The contract server's work budgets (test_api_contract.py sets both from these variables):
+# work above them is refused with a 400 request_too_costly, which is documented behaviour,
+# so requests that ask for it are not "valid" in the sense the checks mean.
+SYNC_COST = float(os.environ.get("CONTRACT_MAX_SYNC_COST", "2"))
+BACKGROUND_COST = float(os.environ.get("CONTRACT_MAX_BACKGROUND_COST", "10"))
+_PROCESSING = {"/v1/dtesn/process", "/v1/dtesn/stream", "/dtesn"}
 # The OpenAI routes keep fields they do not declare and pass them to an upstream server; a
 # model served in-process refuses them (400, unsupported_parameter). Which one a model is,
 # and what it can do, is the server's state, not the document's.
@@ -76,6 +83,13 @@ def _callable_model(path: str, body: dict[str, Any]) -> bool:
         return False
     if not set(body) <= set(model_type.model_fields):
         return False  # in-process engines refuse undeclared fields
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    for message in messages:
+        parts = message.get("content") if isinstance(message, dict) else None
+        if isinstance(parts, list) and any(
+            not isinstance(part, dict) or part.get("type") != "text" for part in parts
+        ):
+            return False  # in-process engines read text parts only (upstreams take others)
     max_n = capabilities.get("max_n")
     if isinstance(max_n, int) and isinstance(body.get("n"), int | float) and body["n"] > max_n:
         return False
@@ -134,9 +148,80 @@ def _in_future(value: Any) -> bool:
     return moment > datetime.now(UTC)
 
 
+def _steps(value: Any) -> int | None:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    rows = _rows(value)
+    return None if rows is None else len(rows)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _process_cost(steps: int, body: dict[str, Any], prefix: str = "") -> float:
+    return budget.process_cost(
+        steps,
+        esn_size=_int(body.get(f"{prefix}esn_size"), 512),
+        membrane_depth=_int(body.get(f"{prefix}membrane_depth"), 4),
+        integrator=str(body.get("integrator", "euler")),
+    ).seconds
+
+
+def _affordable(path: str, body: dict[str, Any]) -> bool:
+    """Within the contract server's budgets, estimated as the services estimate them."""
+    try:
+        if path in _PROCESSING:
+            steps = _steps(body.get("input"))
+            return steps is None or _process_cost(steps, body) <= SYNC_COST
+        if path == "/v1/dtesn/batch":
+            items = body.get("inputs")
+            steps = sum(_steps(item) or 0 for item in items) if isinstance(items, list) else 0
+            return _process_cost(steps, body) <= SYNC_COST
+        if path == "/v1/dtesn/chat/completions" and body.get("enable_dtesn", True):
+            messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+            text = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+            return _process_cost(max(1, len(text.encode("utf-8", "surrogatepass"))), body,
+                                 "dtesn_") <= SYNC_COST  # fmt: skip
+        if path == "/v1/dtesn/models":
+            return _affordable_training(body)
+    except (TypeError, ValueError, KeyError):
+        return True  # a body the schema refuses anyway
+    return True
+
+
+def _affordable_training(body: dict[str, Any]) -> bool:
+    inputs = _rows(body.get("inputs"))
+    if inputs is None or not isinstance(inputs[0], list):
+        return True
+    rows, width = len(inputs), len(inputs[0])
+    config = body.get("config", {})
+    if config == "auto":
+        tune = body.get("tune") or {}
+        cost = budget.tune_cost(rows, trials=_int(tune.get("trials"), 30),
+                                folds=_int(tune.get("folds"), 3),
+                                units=_int(tune.get("units"), 400), input_dim=width)  # fmt: skip
+        return cost.seconds <= BACKGROUND_COST
+    if not isinstance(config, dict):
+        return True
+    shape = {"units": _int(config.get("units"), 400), "depth": config.get("depth", 1),
+             "tree": config.get("tree"), "connectivity": config.get("connectivity", 0.1),
+             "integrator": config.get("integrator", "euler")}  # fmt: skip
+    seconds = budget.fit_cost(rows, input_dim=width, **shape).seconds
+    limit = SYNC_COST if body.get("background") is False else BACKGROUND_COST
+    return seconds <= limit
+
+
 def _consistent(path: str, body: dict[str, Any]) -> bool:
+    if path in _MODEL_CALLS and not _callable_model(path, body):
+        return False
+    if not _affordable(path, body):
+        return False
     if path in _MODEL_CALLS:
-        return _callable_model(path, body)
+        return True
     if any(_ragged(body.get(name)) for name in _SERIES_FIELDS):
         return False
     inputs, targets = _rows(body.get("inputs")), _rows(body.get("targets"))
@@ -161,11 +246,45 @@ def _consistent(path: str, body: dict[str, Any]) -> bool:
     return not (path == "/admin/config/reload" and body.get("settings") is not None)
 
 
+def _model_record(model_id: Any) -> dict[str, Any] | None:
+    """A trained model's record from the server under test, or None."""
+    base = os.environ.get("CONTRACT_BASE_URL")  # set by test_api_contract.py
+    if not isinstance(model_id, str) or not base:
+        return None
+    try:
+        url = f"{base.rstrip('/')}/v1/dtesn/models/{quote(model_id, safe='')}"
+        record = httpx.get(url, timeout=5).json()
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
+        return None
+    return record if isinstance(record, dict) and "input_dim" in record else None
+
+
+def _affordable_use(path: str, model_id: Any, body: dict[str, Any]) -> bool:
+    """A prediction or update within the sync budget, for the model it addresses."""
+    record = _model_record(model_id)
+    rows = _rows(body.get("inputs"))
+    if record is None or rows is None or not isinstance(record.get("config"), dict):
+        return True
+    config = record["config"]
+    shape = {key: config.get(key) for key in ("units", "depth", "tree", "connectivity",
+                                              "integrator")}  # fmt: skip
+    if path.endswith("/predict"):
+        horizon = _int(body.get("horizon"), 0)
+        cost = budget.predict_cost(len(rows), horizon, input_dim=record["input_dim"], **shape)
+    else:
+        cost = budget.update_cost(len(rows), input_dim=record["input_dim"], **shape)
+    return cost.seconds <= SYNC_COST
+
+
 @schemathesis.hook
 def filter_case(context: schemathesis.HookContext, case: schemathesis.Case) -> bool:
     operation = context.operation
     if operation is None or not isinstance(case.body, dict):
         return True
+    if operation.path.startswith("/v1/dtesn/models/{model_id}/") and not _affordable_use(
+        operation.path, (case.path_parameters or {}).get("model_id"), case.body
+    ):
+        return False
     return _consistent(operation.path, case.body)
 
 
@@ -184,16 +303,8 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
         return case
     if not operation.path.startswith("/v1/dtesn/models/{model_id}/"):
         return case
-    model_id = (case.path_parameters or {}).get("model_id")
-    base = os.environ.get("CONTRACT_BASE_URL")  # set by test_api_contract.py
-    if not isinstance(model_id, str) or not base:
-        return case
-    try:
-        url = f"{base.rstrip('/')}/v1/dtesn/models/{quote(model_id, safe='')}"
-        record = httpx.get(url, timeout=5).json()
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
-        return case
-    if not isinstance(record, dict) or "input_dim" not in record:
+    record = _model_record((case.path_parameters or {}).get("model_id"))
+    if record is None:
         return case
     case.body["inputs"] = _fit(case.body.get("inputs"), record["input_dim"])
     if "targets" in case.body:

@@ -23,12 +23,16 @@ pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "20"))
+# Small work budgets, so that the run (one client, two cores) never waits on a long job and
+# every answer can meet Schemathesis's 10-second response-time check; the hooks read them too.
+SYNC_COST, BACKGROUND_COST = 2.0, 10.0
 
 
 @pytest.fixture(scope="module")
 def contract_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server of its own: the run creates keys and models, and reloads the config file."""
-    process = start_server(tmp_path_factory.mktemp("contract"))
+    limits = {"max_sync_cost": SYNC_COST, "max_background_cost": BACKGROUND_COST}
+    process = start_server(tmp_path_factory.mktemp("contract"), {"work_limits": limits})
     yield process
     process.stop()
 
@@ -39,6 +43,8 @@ def test_schemathesis_finds_nothing(contract_server: ServerProcess, tmp_path: Pa
         "SCHEMATHESIS_HOOKS": "contract_hooks",  # the rules JSON Schema cannot state
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "CONTRACT_BASE_URL": contract_server.base_url,
+        "CONTRACT_MAX_SYNC_COST": str(SYNC_COST),
+        "CONTRACT_MAX_BACKGROUND_COST": str(BACKGROUND_COST),
     }
     command = [
         str(BIN / "schemathesis"), "run", f"{contract_server.base_url}/openapi.json",

@@ -87,7 +87,8 @@ _TRAJECTORY = {
 }
 # membrane_depth d has membranes_for_depth(d) membranes (1, 2, 4, 8, 17, 37, 85, 200), and
 # every membrane needs a unit: the least esn_size for the depths where 32 is not enough.
-_LEAST_SIZE = {6: 37, 7: 85, 8: 200}
+MEMBRANES_AT_DEPTH = {1: 1, 2: 2, 3: 4, 4: 8, 5: 17, 6: 37, 7: 85, 8: 200}  # sums of A000081
+_LEAST_SIZE = {d: n for d, n in MEMBRANES_AT_DEPTH.items() if n > 32}
 
 
 def size_rules(depth: str, size: str) -> list[dict[str, Any]]:
@@ -145,6 +146,18 @@ class ProcessOptions(CacheOptions):
     include_trajectory: Annotated[Bool | Int, WithJsonSchema(_TRAJECTORY)] = Field(
         False, description="True (100 points) or a count of evenly spaced steps."
     )
+
+    @field_validator("esn_size")
+    @classmethod
+    def _a_unit_per_membrane(cls, value: int, info: ValidationInfo) -> int:
+        depth = info.data.get("membrane_depth")
+        needed = MEMBRANES_AT_DEPTH.get(depth) if isinstance(depth, int) else None
+        if needed is not None and value < needed:
+            raise ValueError(
+                f"esn_size {value} is too small for membrane_depth {depth}, which has "
+                f"{needed} membranes; use at least {needed}"
+            )
+        return value
 
     @field_validator("integrator")
     @classmethod
