@@ -181,7 +181,13 @@ class ProcessOptions(CacheOptions):
 
 
 class ProcessRequest(ProcessOptions):
-    """``POST /v1/dtesn/process`` and ``/v1/dtesn/stream``."""
+    """``POST /v1/dtesn/process`` and ``/v1/dtesn/stream``.
+
+    Its work is estimated before it runs (``docs/limits.md``); above
+    ``work_limits.max_sync_cost`` (default 5 reference seconds, about 5 s on one core) the
+    answer is a 400 ``request_too_costly`` naming the field to shorten; the stream's limit
+    is ``max_background_cost``.
+    """
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -199,7 +205,12 @@ class ProcessRequest(ProcessOptions):
 
 
 class BatchRequest(ProcessOptions):
-    """``POST /v1/dtesn/batch``: items are validated one by one, so one bad item fails alone."""
+    """``POST /v1/dtesn/batch``: items are validated one by one, so one bad item fails alone.
+
+    Its work is estimated before it runs (``docs/limits.md``); above
+    ``work_limits.max_sync_cost`` (default 5 reference seconds, about 5 s on one core) the
+    answer is a 400 ``request_too_costly`` naming the field to shorten.
+    """
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -290,7 +301,14 @@ class TuneOptions(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    """``POST /v1/dtesn/models`` (JSON form): teacher-forced training data and configuration."""
+    """``POST /v1/dtesn/models`` (JSON form): teacher-forced training data and configuration.
+
+    Its work is estimated before it runs (``docs/limits.md``); above
+    ``work_limits.max_sync_cost`` (default 5 reference seconds, about 5 s on one core) the
+    answer is a 400 ``request_too_costly`` naming the field to shorten; with ``background``
+    unset, a training over it runs as a job (202), and jobs and searches have
+    ``max_background_cost``.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -356,7 +374,13 @@ class TrainRequest(BaseModel):
 
 
 class PredictRequest(CacheOptions):
-    """``POST /v1/dtesn/models/{id}/predict``."""
+    """``POST /v1/dtesn/models/{id}/predict``.
+
+    Its work is estimated before it runs (``docs/limits.md``); above
+    ``work_limits.max_sync_cost`` (default 5 reference seconds, about 5 s on one core) the
+    answer is a 400 ``request_too_costly`` naming the field to shorten; ``stream: true`` has
+    ``max_background_cost``.
+    """
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"inputs": [0.1, 0.2], "horizon": 5}]}
@@ -375,7 +399,12 @@ class PredictRequest(CacheOptions):
 
 
 class UpdateRequest(BaseModel):
-    """``POST /v1/dtesn/models/{id}/update``: an online (RLS) update with new data."""
+    """``POST /v1/dtesn/models/{id}/update``: an online (RLS) update with new data.
+
+    Its work is estimated before it runs (``docs/limits.md``); above
+    ``work_limits.max_sync_cost`` (default 5 reference seconds, about 5 s on one core) the
+    answer is a 400 ``request_too_costly`` naming the field to shorten.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
