@@ -43,6 +43,7 @@ __all__ = [
     "BreakerSettings",
     "CacheSettings",
     "ConfigError",
+    "ControlTowerSettings",
     "DeliverySettings",
     "DeploymentSpec",
     "DtesnModelSpec",
@@ -55,6 +56,7 @@ __all__ = [
     "LimitsSettings",
     "MetricsSettings",
     "ModelSpec",
+    "ModulesSettings",
     "OpenAIModelSpec",
     "ReloadSettings",
     "RetrySettings",
@@ -488,6 +490,37 @@ class ReloadSettings(BaseModel):
     probation_seconds: float = Field(5.0, ge=0, le=300)
 
 
+class ControlTowerSettings(BaseModel):
+    """Where the front door fetches project manifests from (``dtecho.modules``).
+
+    ``GET <url>`` answers ``{"manifests": [...]}`` (JSON, or YAML by content type), with an
+    ``ETag``; the front door polls it with ``If-None-Match``. What it last validated is kept
+    on disk and in Redis as the last known good (docs/modules.md).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, pattern=r"^https?://")
+    token: Secret | None = None  # sent as ``Authorization: Bearer …``; a reference such as env:X
+    timeout: float = Field(5.0, gt=0, le=120)  # seconds per attempt
+    retries: int = Field(3, ge=0, le=10)  # attempts after the first, backing off with jitter
+    poll_interval_seconds: float = Field(30.0, ge=0.1, le=86400)
+
+
+class ModulesSettings(BaseModel):
+    """The front door's module pool and the manifest directory (``dtecho.modules``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_dir: Path | None = None  # *.json / *.yaml manifests, one project each; watched
+    pool_size: int = Field(32, ge=1, le=10_000)  # instances kept; least recently used go first
+    idle_seconds: float = Field(900.0, gt=0)  # an instance unused this long is closed
+    health_check_interval: float = Field(30.0, gt=0, le=3600)  # seconds between checks
+    # A module that failed to start answers 503 and is retried after this, doubling to 60 s.
+    retry_backoff_seconds: float = Field(1.0, gt=0, le=60)
+    close_timeout_seconds: float = Field(30.0, ge=0, le=600)  # in-flight requests of a swap
+
+
 class StatusPageSettings(BaseModel):
     """The live status page's in-process history (``/`` and ``/status``)."""
 
@@ -720,6 +753,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    modules: ModulesSettings = Field(default_factory=ModulesSettings)
+    control_tower: ControlTowerSettings = Field(default_factory=ControlTowerSettings)
 
     # Where these settings came from (set by load_settings), so that a live reload reads the
     # same sources again: the config file and the explicit overrides.

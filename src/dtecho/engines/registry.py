@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -66,8 +67,13 @@ class ModelRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
-        registry = cls({spec.name: build_engine(spec, settings) for spec in settings.models})
-        for spec in settings.models:
+        return cls.from_specs(settings.models, settings)
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[ModelSpec], settings: Settings) -> ModelRegistry:
+        """Engines for ``specs`` (not started), fallbacks bound among them."""
+        registry = cls({spec.name: build_engine(spec, settings) for spec in specs})
+        for spec in specs:
             if isinstance(spec, OpenAIModelSpec):
                 _check_fallbacks(spec, registry._relays)
                 registry._relays[spec.name].bind(registry._relays.get)  # type: ignore[attr-defined]

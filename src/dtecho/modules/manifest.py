@@ -183,7 +183,9 @@ def _decode(document: bytes | str | Mapping[str, Any], source: str) -> Any:
         return yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ManifestInvalid(source, [f"(manifest): not valid JSON or YAML: {first_line}"]) from None
+        raise ManifestInvalid(
+            source, [f"(manifest): not valid JSON or YAML: {first_line}"]
+        ) from None
 
 
 def parse_manifest(document: bytes | str | Mapping[str, Any], source: str) -> ProjectManifest:

@@ -72,6 +72,10 @@ class HttpMetrics:
         """
         self.registry.register(_ScrapedCounters(name, documentation, labels, source))
 
+    def watch_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Export a gauge whose value ``read()`` gives at scrape time."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
+
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""
         return generate_latest(self.registry)

@@ -500,4 +500,5 @@ class JwtVerifier:
             limits=limits,
             allowed_models=allowed_models,
             metadata=MappingProxyType({"issuer": settings.issuer}),
+            claims=MappingProxyType(dict(claims)),
         )

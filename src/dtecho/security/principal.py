@@ -34,6 +34,7 @@ class Principal:
     allowed_models: frozenset[str] | None = None  # None: every model
     key_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # JWT's
 
     @property
     def is_admin(self) -> bool:

@@ -26,6 +26,7 @@ from dtecho.server.conditional import ConditionalGetMiddleware
 from dtecho.server.deadlines import DeadlineMiddleware
 from dtecho.server.errors import MethodIndex, install_error_handlers
 from dtecho.server.fast_path import CacheFastPath
+from dtecho.server.front_door import FrontDoorMiddleware, ModuleDispatch, start_front_door
 from dtecho.server.gateway import start_gateway
 from dtecho.server.live.reloader import LiveConfig
 from dtecho.server.middleware import ServingMiddleware
@@ -78,6 +79,7 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
     # owns every engine, whichever configuration version it belongs to.
     await state.live.start(stack)
     stack.push_async_callback(state.dtesn_models.close)
+    await start_front_door(state, stack)  # after the store and models its modules use
     await _start_history(state, stack)
 
 
@@ -189,6 +191,52 @@ def _watch_gateway(state: ServerState) -> None:
     )
 
 
+def _watch_front_door(state: ServerState) -> None:
+    """The front door's series (empty until a manifest source is configured and started)."""
+
+    def reading(read: Callable[[Any], Mapping[Any, int]]) -> Callable[[], Any]:
+        return lambda: read(state.front_door) if state.front_door is not None else {}
+
+    state.metrics.watch_counters(
+        "dtecho_front_door_requests",
+        "Front-door requests by outcome (served, unavailable, module_error) and module type.",
+        ("outcome", "type"),
+        reading(lambda fd: fd.counts),
+    )
+    state.metrics.watch_counters(
+        "dtecho_module_events",
+        "Module pool events by module type: started, start_failed, check_failed, "
+        "request_error, retired, evicted_lru, evicted_idle, closed, close_failed.",
+        ("type", "event"),
+        reading(lambda fd: fd.pool.counts),
+    )
+    state.metrics.watch_counters(
+        "dtecho_manifest_updates",
+        "Manifest changes by source kind (dir, control_tower) and outcome (applied, rejected).",
+        ("source", "outcome"),
+        reading(lambda fd: fd.catalog.counts),
+    )
+    state.metrics.watch_counters(
+        "dtecho_control_tower_fetches",
+        "Control tower polls by outcome (updated, not_modified, error, invalid).",
+        ("outcome",),
+        reading(
+            lambda fd: {
+                (outcome,): n
+                for source in fd.sources
+                if source.kind == "control_tower"
+                for outcome, n in source.counts.items()
+            }
+        ),
+    )
+    state.metrics.watch_gauge(
+        "dtecho_front_door_degraded",
+        "1 while the front door serves a last known good manifest set (its control tower is "
+        "unreachable or answered no valid list), else 0.",
+        lambda: 1.0 if state.front_door is not None and state.front_door.degraded() else 0.0,
+    )
+
+
 class _LiveAliases:
     """The fast path's view of the request aliases of whichever route cache is current.
 
@@ -245,6 +293,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or load_settings()
     metrics = HttpMetrics()
+    predict_batches = BatchMetrics(metrics.registry, "dtesn_predict")  # projects' models too
     state = ServerState(
         settings=settings,
         metrics=metrics,
@@ -258,11 +307,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dtesn_models=ModelService(
             settings.data_dir,
             settings.batching,
-            BatchMetrics(metrics.registry, "dtesn_predict"),
+            predict_batches,
             limits=settings.work_limits,
         ),
         cache=RouteCache(_response_cache(settings), settings),
     )
+    state.module_batch_metrics["dtesn_predict"] = predict_batches
     register_runtime_collectors(metrics.registry)
     state.tracing = Tracing.from_settings(settings.tracing)
     _watch_tracing(state)
@@ -323,6 +373,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     _watch_gateway(state)
+    _watch_front_door(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -360,6 +411,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the serving middleware, so fast answers get ids, headers, metrics and logs too;
     # and inside the security layer, so that even a cached answer is authenticated and counted.
     app.add_middleware(CacheFastPath, cache=state.cache.cache, aliases=_LiveAliases(state))
+    # The front door: routing outside the auth layer (which then checks the project's policy
+    # and limits), the module's instance inside it (only admitted requests start modules).
+    app.add_middleware(ModuleDispatch, state=state)
     app.add_middleware(SecurityMiddleware, state=state)
     # The deadline inside the delivery layers (its 504 and closing error event are compressed
     # like any answer), admission outside them: both inside the serving middleware, so that
@@ -372,6 +426,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stream_deadline_seconds=limits.stream_deadline_seconds,
     )
     _add_delivery(app, settings)
+    # Outside the deadline and delivery layers: they see the module's view of the request
+    # (its path, the project's deadline) and treat a module's answers like any other.
+    app.add_middleware(FrontDoorMiddleware, state=state)
     app.add_middleware(
         OverloadMiddleware,
         max_in_flight=limits.max_in_flight,

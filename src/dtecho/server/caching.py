@@ -119,6 +119,9 @@ class RouteCache:
         params = body.model_dump(mode="json", exclude=CACHE_FIELDS | exclude)
         if version is None:
             version = self.model_version(model)
+        scope = request.scope.get("state", {}).get("cache_scope")
+        if scope is not None:  # a project's module: its names mean its own models
+            route = f"{scope}:{route}"
         return self.key(route, model, version, params)
 
     @staticmethod

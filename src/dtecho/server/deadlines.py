@@ -27,7 +27,9 @@ from dtecho.server.admission import MODEL_PATHS
 from dtecho.server.errors import error_body
 from dtecho.services import deadline
 
-__all__ = ["DeadlineMiddleware"]
+__all__ = ["DEADLINE_OVERRIDE", "DeadlineMiddleware"]
+
+DEADLINE_OVERRIDE = "deadline_seconds"  # scope["state"] key: this request's own deadline
 
 _EVENT_STREAM = b"text/event-stream"
 
@@ -65,6 +67,10 @@ class DeadlineMiddleware:
             return
         model = scope["path"] in self.model_paths
         first = self.model_deadline_seconds if model else self.deadline_seconds
+        # A project's manifest may set its own (routes.timeout_seconds, by the front door).
+        override = scope.get("state", {}).get(DEADLINE_OVERRIDE)
+        if override is not None:
+            first = override
         stream_limit = self.stream_deadline_seconds
         if first is None and stream_limit is None:
             await self.app(scope, receive, send)
@@ -96,7 +102,13 @@ class DeadlineMiddleware:
         except TimeoutError:
             if not timeout.expired():
                 raise  # someone else's timeout, not this deadline
-            setting = "model_deadline_seconds" if model else "deadline_seconds"
+            setting = (
+                "routes.timeout_seconds of the project's manifest"
+                if override is not None
+                else "work_limits.model_deadline_seconds"
+                if model
+                else "work_limits.deadline_seconds"
+            )
             if not progress.started:
                 await self._answer_504(send, first, setting)
             elif progress.streaming and not progress.ended:
@@ -108,7 +120,7 @@ class DeadlineMiddleware:
     async def _answer_504(send: Send, seconds: float | None, setting: str) -> None:
         body = error_body(
             f"The request did not start its answer within its deadline of {seconds:g} s "
-            f"(work_limits.{setting}).",
+            f"({setting}).",
             "server_error",
             None,
             "deadline_exceeded",

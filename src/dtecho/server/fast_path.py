@@ -251,8 +251,11 @@ class CacheFastPath:
             return
         hit = None
         if cached:
-            digest = request_digest(scope["method"], scope["path"], body)
-            scope.setdefault("state", {})["request_digest"] = digest
+            scope_state = scope.setdefault("state", {})
+            cache_scope = scope_state.get("cache_scope")
+            path = scope["path"] if cache_scope is None else f"{cache_scope}:{scope['path']}"
+            digest = request_digest(scope["method"], path, body)
+            scope_state["request_digest"] = digest
             alias = self.aliases.get(digest)
             hit = self.cache.get_local(alias[0]) if alias is not None else None
         if hit is None:

@@ -41,6 +41,7 @@ from dtecho.server.admission import (
 )
 from dtecho.server.asgi_body import raising, read_body, replay
 from dtecho.server.errors import error_body
+from dtecho.server.front_door import authorise_project
 
 __all__ = ["Gateway", "SecurityMiddleware"]
 
@@ -145,7 +146,10 @@ class SecurityMiddleware:
             return
         path: str = scope["path"]
         scope_state = scope.setdefault("state", {})
-        if path in gateway.public_paths or path.startswith(gateway.public_prefixes):
+        target = scope_state.get("front_door")  # a project's module (dtecho.server.front_door)
+        if target is None and (
+            path in gateway.public_paths or path.startswith(gateway.public_prefixes)
+        ):
             scope_state["principal"] = gateway.authenticator.anonymous
             await self.app(scope, receive, send)
             return
@@ -179,6 +183,8 @@ class SecurityMiddleware:
         scope_state["principal"] = principal
         try:
             self._authorise(path, headers.project, principal)
+            if target is not None:
+                authorise_project(target, principal)
         except PermissionDenied as exc:
             await _send_dtecho_error(send, exc)
             return
@@ -254,6 +260,9 @@ class SecurityMiddleware:
                 exc.status_code, exc.code = 503, "limits_unavailable"
             await _send_dtecho_error(send, exc, decision.headers)
             return
+        project = await self._admit_project(gateway, scope, model, reserve, decision, send)
+        if project is False:
+            return
         scanner = UsageScanner() if model is not None else None
         events = UsageEventFilter() if strip_usage else None
         status = 500
@@ -288,8 +297,44 @@ class SecurityMiddleware:
             usage = await self._settle(
                 gateway, principal, model, reserve, decision, scanner, status
             )
+            if project is not None and project.ticket is not None:  # the project's share
+                spent = sum(usage) if usage is not None else (reserve if status < 400 else 0)
+                await gateway.limiter.settle(project.ticket, spent)
             if usage is not None:
                 scope_state["usage"] = usage
+
+    @staticmethod
+    async def _admit_project(
+        gateway: Gateway,
+        scope: Scope,
+        model: str | None,
+        reserve: int,
+        decision: Decision,
+        send: Send,
+    ) -> Decision | bool | None:
+        """Admit a front-door request against its project's own limits (the manifest's
+        ``limits``, shared by all its callers): the decision, None when the project has no
+        limits, False when it refused (answered 429, the principal's reservation released)."""
+        target = scope["state"].get("front_door")
+        limits = target.entry.manifest.limits if target is not None else None
+        if limits is None:
+            return None
+        verdict = await gateway.limiter.admit(
+            f"project:{target.project}", model, limits, _NO_LIMITS, reserve
+        )
+        if verdict.allowed:
+            return verdict
+        if decision.ticket is not None:
+            await gateway.limiter.settle(decision.ticket, 0)
+        exc: DtechoError = RateLimited(
+            f"Project '{target.project}' is over its limits: {verdict.message}",
+            code="project_rate_limit_exceeded",
+        )
+        if verdict.reason == "unavailable":
+            exc = DtechoError(verdict.message or "Rate limiting is unavailable.")
+            exc.status_code, exc.code = 503, "limits_unavailable"
+        await _send_dtecho_error(send, exc, verdict.headers)
+        return False
 
     @staticmethod
     async def _settle(

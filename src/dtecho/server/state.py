@@ -20,10 +20,19 @@ from dtecho.services.dtesn_service import DtesnService
 if TYPE_CHECKING:
     from dtecho.server.live.snapshot import ConfigSnapshot
 
-__all__ = ["ReadinessCheck", "ServerState", "get_state", "request_config"]
+__all__ = [
+    "ReadinessCheck",
+    "ServerState",
+    "get_state",
+    "request_config",
+    "request_dtesn_models",
+    "request_models",
+]
 
-ReadinessCheck = Callable[[], Awaitable[None]]
-"""An async callable that returns when its component is ready and raises (with a reason) if not."""
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""An async callable that returns when its component is ready and raises (with a reason) if not.
+
+It may return a note (``"degraded: …"``) shown as its state while the server stays ready."""
 
 
 @dataclass
@@ -55,6 +64,8 @@ class ServerState:
     # dtecho.observability.llm.LlmMetrics: per model request (TTFT, TPOT, e2e, tokens, status,
     # principal); the request path calls llm_metrics.observe(...) once per finished request.
     llm_metrics: Any = None
+    module_batch_metrics: dict[str, Any] = field(default_factory=dict)  # shared with modules
+    front_door: Any = None  # dtecho.server.front_door.FrontDoor once started (manifests exist)
 
 
 def get_state(request: Request) -> ServerState:
@@ -71,3 +82,16 @@ def request_config(request: Request) -> ConfigSnapshot:
     if snapshot is None:
         snapshot = scope_state["config"] = get_state(request).live.current
     return snapshot
+
+
+def request_models(request: Request) -> ModelRegistry:
+    """The models ``request`` may name: a project's view (``inference_openai`` module) or
+    the server's."""
+    override = request.scope.get("state", {}).get("models")
+    return override if override is not None else get_state(request).models
+
+
+def request_dtesn_models(request: Request) -> ModelService:
+    """The trained DTESN models of ``request``'s project (``dtesn`` module), or the server's."""
+    override = request.scope.get("state", {}).get("dtesn_models")
+    return override if override is not None else get_state(request).dtesn_models

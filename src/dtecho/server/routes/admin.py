@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from dtecho.errors import InvalidRequest
+from dtecho.errors import Conflict, InvalidRequest
 from dtecho.protocol.admin import (
     CreateKeyRequest,
     ReloadRequest,
@@ -218,6 +218,40 @@ async def upstreams(request: Request) -> dict[str, Any]:
     """Every routed model's deployments: breaker state, load, latency, outcomes."""
     routed = get_state(request).models.routed()
     return {"object": "list", "data": [model.snapshot() for model in routed.values()]}
+
+
+@router.get("/manifests")
+async def manifests(request: Request) -> dict[str, Any]:
+    """The front door: served projects, rejected manifests (each wrong field named), sources
+    (the control tower's state, degraded or not), module instances and installed types."""
+    front_door = get_state(request).front_door
+    if front_door is None:
+        return {"object": "front_door", "enabled": False, "projects": [], "rejected": []}
+    return {"object": "front_door", "enabled": True, **front_door.status()}
+
+
+@router.post("/manifests/refresh", responses=errors(409))
+async def refresh_manifests(request: Request) -> dict[str, Any]:
+    """Read the manifest directory and poll the control tower now (not at the next interval);
+    the answer is the front door's state after it."""
+    front_door = get_state(request).front_door
+    if front_door is None:
+        raise Conflict(
+            "The front door is off: set modules.manifest_dir or control_tower.url.",
+            code="front_door_disabled",
+        )
+    outcomes: dict[str, str] = {}
+    for source in front_door.sources:
+        if source.kind == "dir":
+            source.scan()
+            outcomes["dir"] = "scanned"
+        else:
+            try:
+                outcomes[source.kind] = await source.refresh()
+            except Exception as exc:  # noqa: BLE001 - unreachable: degraded, LKG kept
+                outcomes[source.kind] = f"unavailable: {exc}"
+    _audit(request, "manifests.refresh", None, outcomes=outcomes)
+    return {"object": "front_door", "enabled": True, "refreshed": outcomes, **front_door.status()}
 
 
 def _changed(request: Request, entry: Any) -> dict[str, Any]:

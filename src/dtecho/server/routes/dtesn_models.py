@@ -18,7 +18,7 @@ from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
 from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
 from dtecho.server.openapi import CACHE_HEADERS, errors, event_stream, negotiated, success
-from dtecho.server.state import get_state
+from dtecho.server.state import get_state, request_dtesn_models
 from dtecho.services.dtesn_models import config_from_form, parse_table, tune_from_form
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
@@ -134,14 +134,14 @@ async def create_dtesn_model(request: Request) -> JSONResponse:
     and seed in ``tune``). Large trainings and searches answer 202 at once; poll ``GET
     /v1/dtesn/models/{id}`` or follow ``GET /v1/dtesn/models/{id}/events``."""
     train, inputs, targets = await _training_data(request)
-    record, background = await get_state(request).dtesn_models.train(train, inputs, targets)
+    record, background = await request_dtesn_models(request).train(train, inputs, targets)
     return JSONResponse(record, status_code=202 if background else 201)
 
 
 @router.get("", response_class=Response, responses=negotiated(DtesnModelList, html=False))
 async def list_dtesn_models(request: Request) -> Response:
     """Every trained model's record (JSON, XML or msgpack by ``Accept``)."""
-    data = {"object": "list", "data": get_state(request).dtesn_models.list()}
+    data = {"object": "list", "data": request_dtesn_models(request).list()}
     return render(request, data, root="models")
 
 
@@ -153,7 +153,7 @@ async def list_dtesn_models(request: Request) -> Response:
 async def get_dtesn_model(model_id: str, request: Request) -> Response:
     """One model's record; ``text/html`` gives its page."""
     state = get_state(request)
-    record = state.dtesn_models.get(model_id)
+    record = request_dtesn_models(request).get(model_id)
     return render(request, record, page=lambda: state.pages.dtesn_model(record), root="model")
 
 
@@ -173,7 +173,7 @@ async def dtesn_model_events(model_id: str, request: Request) -> StreamingRespon
     """Server-Sent Events of the model's training job: ``progress`` (phase; for a search,
     trial k of n and the best score so far) whenever it changes, then ``done`` (the final
     status, config and the search's summary). A finished model gives ``done`` at once."""
-    events = await get_state(request).dtesn_models.events(model_id)
+    events = await request_dtesn_models(request).events(model_id)
 
     async def frames() -> AsyncIterator[bytes]:
         try:
@@ -189,7 +189,7 @@ async def dtesn_model_events(model_id: str, request: Request) -> StreamingRespon
 async def delete_dtesn_model(model_id: str, request: Request) -> dict[str, Any]:
     """Delete the model and every cached prediction of it."""
     state = get_state(request)
-    state.dtesn_models.delete(model_id)
+    request_dtesn_models(request).delete(model_id)
     await state.cache.cache.invalidate_model(model_id)
     return {"id": model_id, "object": "dtesn.model.deleted", "deleted": True}
 
@@ -210,7 +210,7 @@ async def delete_dtesn_model(model_id: str, request: Request) -> dict[str, Any]:
 async def predict_dtesn_model(model_id: str, body: PredictRequest, request: Request) -> Response:
     """Teacher-forced predictions for ``inputs`` and an optional closed-loop ``horizon``;
     with ``stream`` as Server-Sent Events (``predictions`` and ``forecast`` chunks, ``done``)."""
-    service = get_state(request).dtesn_models
+    service = request_dtesn_models(request)
     inputs = np.asarray(body.inputs, float)
     if body.stream:
         events = await service.predict_stream(model_id, inputs, body.horizon)
@@ -246,7 +246,7 @@ async def update_dtesn_model(
     """An online recursive-least-squares update; bumps the model's version (so cached
     predictions of the old version are never served, and are dropped everywhere)."""
     state = get_state(request)
-    record = await state.dtesn_models.update(
+    record = await request_dtesn_models(request).update(
         model_id, np.asarray(body.inputs, float), np.asarray(body.targets, float), body.warmup
     )
     await state.cache.cache.invalidate_model(model_id)

@@ -23,14 +23,15 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _run_check(check: ReadinessCheck) -> str | None:
+async def _run_check(check: ReadinessCheck) -> tuple[str | None, str | None]:
+    """(why it is not ready, or None; a note of a ready check, e.g. ``degraded: …``)."""
     try:
-        await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
+        note = await asyncio.wait_for(check(), READINESS_TIMEOUT_SECONDS)
     except TimeoutError:
-        return f"no answer within {READINESS_TIMEOUT_SECONDS:g} s"
+        return f"no answer within {READINESS_TIMEOUT_SECONDS:g} s", None
     except Exception as exc:  # a failed check is a reason, not a crash
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return None
+        return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), None
+    return None, note if isinstance(note, str) else None
 
 
 @router.get(
@@ -72,8 +73,11 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse(body, status_code=503)
     checks = state.readiness
     names = list(checks)
-    failures = await asyncio.gather(*(_run_check(checks[name]) for name in names))
-    results = {name: (reason or "ok") for name, reason in zip(names, failures, strict=True)}
+    outcomes = await asyncio.gather(*(_run_check(checks[name]) for name in names))
+    failures = [reason for reason, _ in outcomes]
+    results = {
+        name: (reason or note or "ok") for name, (reason, note) in zip(names, outcomes, strict=True)
+    }
     reasons = [f"{name}: {reason}" for name, reason in zip(names, failures, strict=True) if reason]
     if not reasons:
         return JSONResponse({"status": "ready", "checks": results})

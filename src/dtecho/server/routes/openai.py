@@ -22,7 +22,7 @@ from dtecho.server.caching import CACHE_FIELDS
 from dtecho.server.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from dtecho.server.negotiation import render
 from dtecho.server.openapi import CACHE_HEADERS, errors, negotiated, success
-from dtecho.server.state import get_state
+from dtecho.server.state import get_state, request_models
 from dtecho.services.completions import CompletionService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -59,7 +59,7 @@ async def _relay(engine: RelayEngine, endpoint: str, body: Any, stream: bool) ->
 @router.get("/models", response_class=Response, responses=negotiated(ModelList, html=False))
 async def list_models(request: Request) -> Response:
     """Every served model the caller may use (JSON by default; XML or msgpack by ``Accept``)."""
-    cards = get_state(request).models.cards()
+    cards = request_models(request).cards()
     principal = request.scope.get("state", {}).get("principal")
     if principal is not None and principal.allowed_models is not None:
         cards = [card for card in cards if principal.may_use_model(card["id"])]
@@ -69,7 +69,7 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{model_id:path}", responses={**success(ModelCard), **errors(404)})
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     """One model, with its engine's metadata (capabilities, quality figures)."""
-    return get_state(request).models.card(model_id, detailed=True)
+    return request_models(request).card(model_id, detailed=True)
 
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
@@ -77,7 +77,7 @@ OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 async def _compute(request: Request, body: OpenAIRequest, endpoint: str) -> Response:
     """Relay ``body`` to the upstream serving its model, or answer it with the native engine."""
-    models = get_state(request).models
+    models = request_models(request)
     relay = models.relay(body.model)
     stream = bool(getattr(body, "stream", False))
     if relay is not None:
@@ -101,7 +101,8 @@ async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Respon
     """The answer to ``body``, through the response cache where the request allows it."""
     state = get_state(request)
     cache = state.cache
-    state.models.get(body.model)  # an unknown model is a 404, never a cache miss
+    models = request_models(request)
+    models.get(body.model)  # an unknown model is a 404, never a cache miss
     key = cache.request_key(
         request, body, f"/v1/{endpoint}", body.model,
         default=_deterministic(body), exclude=frozenset({"user"}),
@@ -115,7 +116,7 @@ async def _serve(request: Request, body: OpenAIRequest, endpoint: str) -> Respon
         model=body.model,
         request=request,
     )
-    if stream or state.models.relay(body.model) is None:
+    if stream or models.relay(body.model) is None:
         return await answer
     # A relayed answer the client will never read is not waited for: the upstream request is
     # cancelled (its connection closed; the router counts the attempt ``cancelled``). Around
