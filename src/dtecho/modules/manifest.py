@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dtecho.config import LimitProfile
 from dtecho.security.secrets import is_reference
@@ -152,13 +152,14 @@ class ProjectManifest(BaseModel):
             raise ValueError(f"'{project}' is a path of the plain API; choose another name")
         return project
 
-    @model_validator(mode="after")
-    def _unique_modules(self) -> ProjectManifest:
-        names = [module.name for module in self.modules]
+    @field_validator("modules")
+    @classmethod
+    def _unique_modules(cls, modules: list[ModuleSpec]) -> list[ModuleSpec]:
+        names = [module.name for module in modules]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"module names must be unique; repeated: {', '.join(repeated)}")
-        return self
+        return modules
 
     def module(self, name: str) -> ModuleSpec | None:
         """The module called ``name``, or None."""
