@@ -107,23 +107,34 @@ class ModulePool:
 
     # -- serving ---------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def lease(self, entry: ProjectEntry, spec: ModuleSpec) -> AsyncIterator[Module]:
-        """The started instance of ``spec`` for the length of one request."""
+    async def acquire(self, entry: ProjectEntry, spec: ModuleSpec) -> tuple[Any, Module]:
+        """The started instance of ``spec`` and a handle to :meth:`release` when the request
+        is done (what :meth:`lease` does, without a context manager on the hot path)."""
         slot = self._slot(entry, spec)
         instance = await self._ready(slot)
         slot.in_flight += 1
         slot.drained.clear()
         slot.last_used = time.monotonic()
+        return slot, instance
+
+    def release(self, handle: Any) -> None:
+        """End the request :meth:`acquire` began; a retired instance closes after its last."""
+        slot: _Slot = handle
+        slot.in_flight -= 1
+        slot.last_used = time.monotonic()
+        if slot.in_flight == 0:
+            slot.drained.set()
+            if slot.state == "retired":
+                self._close_later(slot)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, entry: ProjectEntry, spec: ModuleSpec) -> AsyncIterator[Module]:
+        """The started instance of ``spec`` for the length of one request."""
+        handle, instance = await self.acquire(entry, spec)
         try:
             yield instance
         finally:
-            slot.in_flight -= 1
-            slot.last_used = time.monotonic()
-            if slot.in_flight == 0:
-                slot.drained.set()
-                if slot.state == "retired":
-                    self._close_later(slot)
+            self.release(handle)
 
     def request_failed(self, entry: ProjectEntry, spec: ModuleSpec, error: str) -> None:
         """A request of the module raised: after ``FAILURES_TO_OPEN`` in a row it is taken

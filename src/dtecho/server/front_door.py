@@ -34,7 +34,7 @@ from dtecho.modules.manifest import ModuleAuth, ModuleSpec
 from dtecho.modules.pool import ModulePool, ModuleUnavailable
 from dtecho.security.principal import Principal
 from dtecho.security.secrets import SecretError, resolve_secret
-from dtecho.server.admission import MODEL_PATHS
+from dtecho.server.admission import MODEL_PATHS, PARSED_BODY
 from dtecho.server.asgi_body import read_body, replay
 from dtecho.server.deadlines import DEADLINE_OVERRIDE
 from dtecho.server.errors import BodyTooLarge, error_body
@@ -264,16 +264,20 @@ class ModuleDispatch:
             await self.app(scope, receive, send)
             return
         kind = target.spec.type
+        pool = front_door.pool
         try:
-            async with front_door.pool.lease(target.entry, target.spec) as instance:
-                if instance.builtin is not None:
-                    await self._builtin(instance, target, scope, receive, send)
-                else:
-                    await self._own(front_door, instance, target, scope, receive, send)
+            handle, instance = await pool.acquire(target.entry, target.spec)
         except ModuleUnavailable as exc:
             front_door.count("unavailable", kind)
             await _send_error(send, exc)
             return
+        try:
+            if instance.builtin is not None:
+                await self._builtin(instance, target, scope, receive, send)
+            else:
+                await self._own(front_door, instance, target, scope, receive, send)
+        finally:
+            pool.release(handle)
         front_door.count("served", kind)
 
     async def _builtin(
@@ -295,25 +299,32 @@ class ModuleDispatch:
             and path in MODEL_PATHS
             and getattr(instance, "rewrites", False)
         ):
-            receive = await self._rewritten(instance, path, receive)
+            receive = await self._rewritten(instance, path, scope["state"], receive)
             if receive is None:
                 return
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _rewritten(instance: Module, path: str, receive: Receive) -> Receive | None:
+    async def _rewritten(
+        instance: Module, path: str, scope_state: dict[str, Any], receive: Receive
+    ) -> Receive | None:
         body = await read_body(receive)
         if body is None:
             return None
-        try:
-            document = json.loads(body)
-        except ValueError:
-            return replay(body, receive)  # the route answers the bad JSON as it always does
+        parsed = scope_state.get(PARSED_BODY)  # the auth layer parsed this very body already
+        if parsed is not None and parsed[0] == body:
+            document = parsed[1]
+        else:
+            try:
+                document = json.loads(body)
+            except ValueError:
+                return replay(body, receive)  # the route answers the bad JSON as always
         if not isinstance(document, dict):
             return replay(body, receive)
         rewritten = await instance.rewrite(path, document)
         if rewritten is not document:
             body = json.dumps(rewritten, separators=(",", ":"), ensure_ascii=False).encode()
+            scope_state[PARSED_BODY] = (body, rewritten)  # the route need not parse it again
         return replay(body, receive)
 
     @staticmethod

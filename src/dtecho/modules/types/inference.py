@@ -84,6 +84,7 @@ class InferenceModule(Module):
         self._own = ModelRegistry.from_specs(self.config.models, settings)
         await self._own.start(self._stack)
         self._view: tuple[int, ModelRegistry, str] | None = None
+        self._overrides: tuple[Any, dict[str, Any]] | None = None
         # Resolved now, so that a name pointing nowhere fails the start, not a request.
         self._registry()
 
@@ -142,8 +143,11 @@ class InferenceModule(Module):
         return registry, scope
 
     def overrides(self) -> Mapping[str, Any]:
-        registry, scope = self._registry()
-        return {MODELS_OVERRIDE: registry, CACHE_SCOPE: scope}
+        served = self.context.services.models()
+        if self._overrides is None or self._overrides[0] is not served:
+            registry, scope = self._registry()
+            self._overrides = (served, {MODELS_OVERRIDE: registry, CACHE_SCOPE: scope})
+        return self._overrides[1]
 
     @property
     def rewrites(self) -> bool:
