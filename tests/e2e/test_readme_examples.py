@@ -89,3 +89,28 @@ def test_auth_example(server_factory: Any) -> None:
     remaining_requests, remaining_tokens = (int(n) for n in printed.split())
     assert remaining_requests == 599  # rpm 600, one request made
     assert remaining_tokens < 100_000
+
+
+def test_front_door_example(server_factory: Any, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    manifest = _block("yaml", "project: acme")
+    (manifests / "acme.yaml").write_text(manifest, encoding="utf-8")
+    keyed_server = server_factory(
+        {
+            "auth": {"mode": "keys", "admin_key": "env:DTECHO_ADMIN_KEY"},
+            "modules": {"manifest_dir": str(manifests)},
+        },
+        env={"DTECHO_ADMIN_KEY": ADMIN_KEY},
+    )
+    created = httpx.post(
+        f"{keyed_server.base_url}/admin/keys",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        json={"name": "acme-app", "project": "acme"},
+    )
+    assert created.status_code == 201, created.text
+    printed = _run(
+        _block("python", "acme/chat/v1"),
+        {"http://localhost:8000": keyed_server.base_url, "sk-dte-…": created.json()["key"]},
+    )
+    assert printed.split("\n")[:2] == ["['fast']", "16"]
