@@ -49,6 +49,7 @@ Control, to change behaviour without a restart (these paths are not counted in t
 - ``POST /_reset`` -> knobs and seed back to the command line's, counters to zero.
 
 Every completion answer carries ``x-fault-upstream: <name>`` and ``x-fault-latency-ms``.
+With ``--api-key KEY``, a completion request without ``Authorization: Bearer KEY`` gets 401.
 
 Run as its own process: ``python benchmarks/_fault_upstream.py --port 9201 --name up-a``
 (``--port 0`` picks a free port). It prints ``ready <port>`` on stdout once it listens, and
@@ -253,6 +254,7 @@ class UpstreamState:
 
 
 STATE = web.AppKey("state", UpstreamState)
+API_KEY = web.AppKey("api_key", object)  # str | None: the key completions must carry
 
 # Per-request flags, set by handlers and read by the counting middleware.
 _STREAMED = "fault_upstream.streamed"
@@ -363,6 +365,9 @@ async def _count(
 
 async def _completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    key = request.app.get(API_KEY)
+    if key is not None and request.headers.get("authorization") != f"Bearer {key}":
+        return _error(401, "Incorrect API key provided.")
     chat = request.path.endswith("/chat/completions")
     try:
         body = await request.json()
@@ -634,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="fault-upstream", help="named in every answer")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the one model /v1/models lists")
     parser.add_argument("--seed", type=int, default=0, help="seeds the tail and error draws")
+    parser.add_argument(
+        "--api-key", default=None, help="answer 401 to completions without this bearer key"
+    )
     for knob in dataclasses.fields(Knobs):
         kind = _FIELD_TYPES[str(knob.type)]
         flag = "--" + knob.name.replace("_", "-")
@@ -644,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     app = build_app(args.name, args.model, knobs, args.seed)
+    app[API_KEY] = args.api_key
     try:
         import uvloop
     except ImportError:

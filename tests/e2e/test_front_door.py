@@ -20,7 +20,7 @@ import pytest
 import redis
 import yaml
 
-from support import ServerProcess, free_port, start_server, wait_until
+from support import FaultUpstream, ServerProcess, free_port, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -176,7 +176,39 @@ def _config(tmp: Path, tower: ControlTower, redis_url: str, namespace: str) -> d
 
 def _env(plugins: Path) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
-    return {"DTECHO_TEST_ADMIN_KEY": ADMIN_KEY, "PYTHONPATH": path}
+    return {
+        "DTECHO_TEST_ADMIN_KEY": ADMIN_KEY,
+        "PYTHONPATH": path,
+        "DELTA_KEY": "k-delta-123",
+        "STALE_KEY": "k-revoked",
+    }
+
+
+def _delta(upstream_url: str) -> dict[str, Any]:
+    """A project with its own upstream, its credential a secret reference (the server's
+    environment), and a module whose reference names a wrong key."""
+
+    def model(name: str, reference: str) -> dict[str, Any]:
+        deployment = {
+            "base_url": upstream_url,
+            "upstream_model": "provider-x",
+            "api_key": reference,
+        }
+        return {"name": name, "engine": "openai", "deployments": [deployment]}
+
+    return _manifest(
+        "delta",
+        {
+            "name": "chat",
+            "type": "inference_openai",
+            "config": {"models": [model("own", "env:DELTA_KEY")]},
+        },
+        {
+            "name": "stale",
+            "type": "inference_openai",
+            "config": {"models": [model("own", "env:STALE_KEY")]},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +216,13 @@ def front(
     tmp_path_factory: pytest.TempPathFactory, tower: ControlTower, redis_url: str
 ) -> Iterator[tuple[ServerProcess, Path, dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("front_door")
+    upstream = FaultUpstream("provider-x", api_key="k-delta-123", latency_ms=0).start()
     (tmp / "manifests").mkdir()
     (tmp / "manifests" / "alpha.yaml").write_text(yaml.safe_dump(ALPHA), encoding="utf-8")
     (tmp / "manifests" / "beta.json").write_text(json.dumps(BETA), encoding="utf-8")
+    (tmp / "manifests" / "delta.json").write_text(
+        json.dumps(_delta(upstream.url)), encoding="utf-8"
+    )
     plugins = _install_plugin(tmp / "plugins")
     namespace = f"fd-{uuid.uuid4().hex[:8]}"
     config = _config(tmp, tower, redis_url, namespace)
@@ -194,6 +230,7 @@ def front(
     wait_until(lambda: _ready(server))
     yield server, tmp, {"config": config, "plugins": plugins, "namespace": namespace}
     server.stop()
+    upstream.stop()
 
 
 def _ready(server: ServerProcess) -> bool:
@@ -256,6 +293,29 @@ def test_openai_sdk_through_a_project_module(front: Any) -> None:
         client.chat.completions.create(
             model="dtesn-echo", messages=[{"role": "user", "content": "x"}]
         )
+
+
+def test_a_project_reaches_its_own_provider_with_its_own_credential(front: Any) -> None:
+    server, _, _ = front
+    client = openai.OpenAI(base_url=f"{server.base_url}/delta/chat/v1", api_key=ADMIN_KEY)
+    reply = client.chat.completions.create(
+        model="own", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content.startswith("served by provider-x")
+    # The server itself has no model called "own"; the other module's key is refused there.
+    plain = _post(
+        server,
+        "/v1/chat/completions",
+        {"model": "own", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+    )
+    assert plain.status_code == 404
+    stale = _post(
+        server,
+        "/delta/stale/v1/chat/completions",
+        {"model": "own", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+    )
+    assert stale.status_code == 401
+    assert "k-revoked" not in stale.text and "k-delta-123" not in stale.text
 
 
 def test_unknown_project_and_module_are_404_in_the_openai_body(front: Any) -> None:
