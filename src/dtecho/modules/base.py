@@ -51,6 +51,7 @@ class ModuleServices:
     models: Callable[[], Any]  # the current dtecho.engines.registry.ModelRegistry
     settings: Callable[[], Any]  # the current dtecho.config.Settings
     dtesn: Any = None  # dtecho.services.dtesn_service.DtesnService
+    dtesn_models: Any = None  # dtecho.services.dtesn_models.ModelService: the server's models
     store: Any = None  # dtecho.store.Store (SQLite by default, PostgreSQL when configured)
     redis: Any = None  # redis.asyncio.Redis, or None without Redis
     metrics_registry: Any = None  # prometheus_client.CollectorRegistry of the app

@@ -390,6 +390,7 @@ def _context_factory(state: Any) -> Any:
                 models=lambda: state.models,
                 settings=lambda: state.settings,
                 dtesn=state.dtesn,
+                dtesn_models=state.dtesn_models,
                 store=state.store,
                 redis=state.redis,
                 metrics_registry=state.metrics.registry,

@@ -66,6 +66,13 @@ class Store:
         self.usage = UsageRepository(engine)
         self.audit = AuditRepository(engine)
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The started SQLAlchemy engine, for tables outside the core ones (modules' own)."""
+        if self._engine is None:
+            raise RuntimeError("the store is not started")
+        return self._engine
+
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
