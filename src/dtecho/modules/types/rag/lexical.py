@@ -15,6 +15,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 
@@ -29,7 +30,7 @@ _STOP_WORDS = frozenset(
     ourselves out over own same she should so some such than that the their theirs them
     themselves then there these they this those through to too under until up very was we were
     what when where which while who whom why will with would you your yours yourself
-    yourselves tell say says said""".split()  # noqa: SIM905 - a list literal of 140 words is unreadable
+    yourselves others another tell say says said""".split()  # noqa: SIM905 - a list literal of 140 words is unreadable
 )
 # Longest first; a suffix is removed only if a stem of three letters or more is left.
 _SUFFIXES = (
@@ -40,6 +41,9 @@ _SUFFIXES = (
 _KEEP_ENDINGS = ("ss", "us", "is")
 
 
+# A vocabulary is small next to the words of a corpus: each distinct word is stemmed once
+# (loading an index of 10^5 chunks spent 80% of its time here without the cache).
+@lru_cache(maxsize=1 << 17)
 def _stem(word: str) -> str:
     if len(word) <= 3 or word.isdigit() or word.endswith(_KEEP_ENDINGS):
         return word
@@ -54,9 +58,17 @@ def _stem(word: str) -> str:
 
 
 def terms(text: str) -> list[str]:
-    """The BM25 terms of ``text``, in order (repeats kept)."""
-    words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
-    return [_stem(word) for word in words if word not in _STOP_WORDS]
+    """The BM25 terms of ``text``, in order (repeats kept): each word's stem, and for a word
+    of six letters or more also its first five (``~explo``), which matches the forms a suffix
+    stemmer keeps apart (``explode``/``explosion``, ``communicate``/``communication``)."""
+    out = []
+    for word in _WORD.findall(unicodedata.normalize("NFKC", text).casefold()):
+        if word in _STOP_WORDS:
+            continue
+        out.append(_stem(word))
+        if len(word) >= 6 and not word.isdigit():
+            out.append("~" + word[:5])
+    return out
 
 
 class LexicalIndex:
