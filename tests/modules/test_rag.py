@@ -353,6 +353,35 @@ async def test_pdf_and_markdown_files_are_parsed(instances: Instances, store: St
 
 
 @on_module_loop
+async def test_the_openai_sdk_reads_the_grounded_answer(instances: Instances, store: Store) -> None:
+    import openai
+
+    instance, _ = await instances.start(store)
+    transport = httpx.ASGITransport(app=instance, root_path="/alpha/docs")
+    async with httpx.AsyncClient(transport=transport) as http_client:
+        sdk = openai.AsyncOpenAI(
+            api_key="unused", base_url="http://testserver/v1", http_client=http_client
+        )
+        uploaded = await http_client.post(
+            "http://testserver/documents", json={"text": CORPUS["Honey bees"]}
+        )
+        assert uploaded.status_code == 201
+        completion = await sdk.chat.completions.create(
+            model="dtesn-echo",
+            messages=[{"role": "user", "content": "Who decoded the bee dance?"}],
+            max_tokens=8,
+        )
+        assert completion.choices[0].message.role == "assistant"
+        citations = (completion.model_extra or {})["citations"]
+        assert "von Frisch" in citations[0]["text"]
+        with pytest.raises(openai.BadRequestError) as raised:
+            await sdk.chat.completions.create(
+                model="dtesn-echo", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        assert raised.value.body["param"] == "stream"  # type: ignore[index]
+
+
+@on_module_loop
 async def test_bad_input_is_a_4xx_naming_the_field(instances: Instances, store: Store) -> None:
     _, client = await instances.start(store, max_document_bytes=2000)
     post = client.post
@@ -400,10 +429,24 @@ async def test_bad_input_is_a_4xx_naming_the_field(instances: Instances, store: 
     assert_error(await post(chat, json={"messages": bad_role}), 400, "messages[0].role")
 
     assert_error(await client.get("/documents", params={"limit": 0}), 400, "limit")
+    # Bodies past twice max_document_bytes (plus 64 KiB of framing) are refused unread.
+    assert_error(await post("/search", json={"query": "x" * 80_000}), 413, None)
     assert_error(await client.get("/nowhere"), 404, None)
     response = await client.put("/documents")
     assert_error(response, 405, None)
     assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+
+
+@on_module_loop
+async def test_an_instance_not_started_answers_503(registry: ModelRegistry, tmp_path: Path) -> None:
+    services = ModuleServices(models=lambda: registry, settings=lambda: None, store=None)
+    context = ModuleContext("alpha", "docs", "1", tmp_path, {}, services)
+    instance = RagModule(context, RagModule.Config())
+    with pytest.raises(RuntimeError, match="store"):
+        await instance.start()  # no store: the pool marks the module failed
+    transport = httpx.ASGITransport(app=instance, root_path="/alpha/docs")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert_error(await client.get("/documents"), 503, None)
 
 
 def test_config_errors_name_the_field() -> None:

@@ -50,7 +50,9 @@ class RagModule(Module):
     def __init__(self, context: ModuleContext, config: BaseModel) -> None:
         super().__init__(context, config)
         self.settings = (
-            config if isinstance(config, RagConfig) else RagConfig.model_validate(config)
+            config
+            if isinstance(config, RagConfig)
+            else RagConfig.model_validate(config.model_dump())
         )
         self._collection: Collection | None = None
         self._app: Any = None
