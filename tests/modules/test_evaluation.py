@@ -235,6 +235,7 @@ async def test_a_run_comparing_two_models_stores_the_known_truths(
         assert answer.headers["location"] == f"/proj/eval/runs/{run['id']}"
         assert run["status"] == "completed"
         assert run["progress"] == {"total": 6, "completed": 6, "errors": 0}
+        assert run["options"] == {"warm_up": True, "concurrency": 4}  # the module's default
         stored = (await client.get(f"/runs/{run['id']}")).json()
         assert stored["summary"] == run["summary"]
         by_model = {entry["model"]: entry for entry in stored["summary"]}
@@ -298,10 +299,13 @@ async def test_the_same_model_at_two_temperatures_under_labels(
         "parameters": GREEDY,
         "items": [{"prompt": "Deep tree", "expected": own}],
         "wait": True,
+        "warm_up": False,
+        "concurrency": 1,
     }
     async with running(services_for(registry, settings, store), tmp_path) as (_, client):
         run = (await client.post("/runs", json=body)).json()
         assert [m["label"] for m in run["models"]] == ["greedy", "hot"]
+        assert run["options"] == {"warm_up": False, "concurrency": 1}
         assert run["metrics"] == ["exact_match", "latency_ms", "prompt_tokens", "completion_tokens"]
         greedy, hot = run["summary"]
         assert (greedy["model"], greedy["served_model"]) == ("greedy", "dtesn-echo")
@@ -385,6 +389,8 @@ async def test_refusals_name_the_field(
             ({**good, "kind": "series", "items": [{"series": [1, 2, 3], "horizon": 1}]}, 503,
              "kind"),  # no DTESN model service given
             ({**good, "surprise": 1}, 400, "surprise"),
+            ({**good, "concurrency": 5}, 400, "concurrency"),  # over the module's 4
+            ({**good, "concurrency": 0}, 400, "concurrency"),
         ]  # fmt: skip
         for body, status, param in cases:
             assert_error(await client.post("/runs", json=body), status, param)
@@ -605,3 +611,30 @@ def test_config_is_strict() -> None:
         Config(parameters={"stream": True})
     with pytest.raises(ValueError, match="allowed_models"):
         Config(models=["a"], allowed_models=["b"])
+
+
+async def test_served_on_its_own_it_starts_and_closes_by_lifespan(
+    registry: ModelRegistry, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    context = ModuleContext(
+        project="proj", module="alone", version="1", data_dir=tmp_path,
+        secrets={}, services=services_for(registry, settings, store),
+    )  # fmt: skip
+    instance = EvaluationModule(context, Config(models=["dtesn-echo"]))
+    messages = asyncio.Queue[dict[str, Any]]()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await messages.put({"type": "lifespan.startup"})
+    await messages.put({"type": "lifespan.shutdown"})
+    await instance({"type": "lifespan"}, messages.get, send)
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=instance), base_url="http://test"
+    ) as client:
+        assert_error(await client.get("/runs"), 503, None)  # closed: answers, never hangs

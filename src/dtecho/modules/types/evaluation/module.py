@@ -162,7 +162,6 @@ class EvaluationModule(Module):
             # ModuleServices has no field for the trained-model service yet: read it if given.
             lambda: getattr(self.context.services, "dtesn_models", None),
             owner=self._owner,
-            concurrency=self.config.concurrency,
         )
         await self._expire()
         self._heartbeat = asyncio.create_task(self._beat(), context=contextvars.Context())
@@ -198,14 +197,16 @@ class EvaluationModule(Module):
                     _log.warning("cannot mark a run interrupted", run_id=run_id, exc_info=exc)
 
     async def _beat(self) -> None:
+        repository = self._repository
+        assert repository is not None
         interval = self.config.stale_after_seconds / 4
         while True:
             await asyncio.sleep(interval)
             if not self._tasks:
                 continue
             try:
-                await self._repository.heartbeat(self._owner)  # type: ignore[union-attr]
-            except Exception as exc:
+                await repository.heartbeat(self._owner, list(self._tasks))
+            except Exception as exc:  # a store hiccup must not stop the beat
                 _log.warning("evaluation heartbeat failed", exc_info=exc)
 
     async def _expire(self) -> None:
@@ -214,7 +215,7 @@ class EvaluationModule(Module):
         assert self._repository is not None
         stale_before = utcnow() - timedelta(seconds=self.config.stale_after_seconds)
         for run in await self._repository.active():
-            if run.owner == self._owner:
+            if run.id in self._tasks:  # executing here (a run of ours it lost goes stale)
                 continue
             if _owner_gone(run.owner):
                 reason = "Interrupted: the server process running it stopped."

@@ -88,7 +88,7 @@ def _expected(item: Mapping[str, Any]) -> str:
 
 
 def _best_cells(cells: list[dict[str, Any] | None], metrics: Sequence[str]) -> None:
-    """Mark, per metric, the cells holding the item's best value (when two or more have one)."""
+    """Mark, per metric, the cells holding the item's best value when not all share it."""
     for metric in metrics:
         scored = [
             cell
@@ -100,8 +100,9 @@ def _best_cells(cells: list[dict[str, Any] | None], metrics: Sequence[str]) -> N
             value = cell["metrics"][metric]
             if top is None or better(metric, value, top):
                 top = value
-        for cell in scored:
-            cell["best"][metric] = len(scored) > 1 and cell["metrics"][metric] == top
+        winners = [cell for cell in scored if cell["metrics"][metric] == top]
+        for cell in scored:  # as in the summary: only a value that stands out is marked
+            cell["best"][metric] = len(winners) < len(scored) and cell in winners
 
 
 class Pages:

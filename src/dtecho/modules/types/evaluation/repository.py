@@ -48,6 +48,7 @@ def _record(row: Any) -> dict[str, Any]:
         "models": row.models,
         "metrics": row.metrics,
         "parameters": row.parameters,
+        "options": row.options,
         "items": row.item_count,
         "progress": {"total": total, "completed": row.completed, "errors": row.errors},
         "error": row.error,
@@ -92,6 +93,7 @@ class RunRepository:
             "models": [entry.model_dump(exclude_none=True) for entry in plan.models],
             "metrics": list(plan.metrics),
             "parameters": dict(plan.parameters),
+            "options": plan.options(),
             "dataset": plan.stored_items(),
             "item_count": len(plan.items),
             "completed": 0,
@@ -221,12 +223,18 @@ class RunRepository:
             )
         return True
 
-    async def heartbeat(self, owner: str) -> None:
-        """Show that ``owner``'s runs are alive."""
+    async def heartbeat(self, owner: str, run_ids: Sequence[str]) -> None:
+        """Show that these runs of ``owner`` are alive (only those it is executing: a run it
+        lost track of must go stale)."""
         async with self._engine.begin() as connection:
             await connection.execute(
                 update(runs)
-                .where(self._scope(), runs.c.owner == owner, runs.c.status.in_(ACTIVE))
+                .where(
+                    self._scope(),
+                    runs.c.id.in_(list(run_ids)),
+                    runs.c.owner == owner,
+                    runs.c.status.in_(ACTIVE),
+                )
                 .values(heartbeat_at=utcnow())
             )
 

@@ -70,13 +70,11 @@ class Runner:
         dtesn_models: Callable[[], Any],
         *,
         owner: str,
-        concurrency: int,
     ) -> None:
         self._repository = repository
         self._models = models  # the current ModelRegistry (a reload may replace it)
         self._dtesn_models = dtesn_models  # the ModelService of trained DTESN models, or None
         self._owner = owner
-        self._concurrency = concurrency
 
     async def run(self, run_id: str, plan: Plan) -> None:
         """Execute ``plan`` as run ``run_id`` (created queued by this owner) to its end.
@@ -84,7 +82,6 @@ class Runner:
         Cancellation propagates (whoever cancels marks the run); any other failure of the
         runner ends the run ``failed``.
         """
-        await self._repository.start(run_id, self._owner)
         pairs: Iterator[tuple[int, int]] = (
             (item, model) for item in range(len(plan.items)) for model in range(len(plan.models))
         )
@@ -104,20 +101,26 @@ class Runner:
                     return
 
         try:
+            await self._repository.start(run_id, self._owner)
+            if plan.warm_up:  # unscored, one model at a time; a failure shows when scored
+                for model_index in range(len(plan.models)):
+                    await self._evaluate(run_id, plan, 0, model_index)
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(self._concurrency, len(plan.items) * len(plan.models))):
+                for _ in range(min(plan.concurrency, len(plan.items) * len(plan.models))):
                     group.create_task(worker())
+            await self._repository.end(run_id, "completed", owner=self._owner)
         except Exception as exc:
             cause = _first_leaf(exc)
             _log.error("evaluation run failed", run_id=run_id, exc_info=cause)
-            await self._repository.end(
-                run_id,
-                "failed",
-                error=f"The run stopped on an internal error ({type(cause).__name__}).",
-                owner=self._owner,
-            )
-            return
-        await self._repository.end(run_id, "completed", owner=self._owner)
+            try:
+                await self._repository.end(
+                    run_id,
+                    "failed",
+                    error=f"The run stopped on an internal error ({type(cause).__name__}).",
+                    owner=self._owner,
+                )
+            except Exception as again:  # the store itself: the stale heartbeat marks it later
+                _log.error("cannot mark a run failed", run_id=run_id, exc_info=again)
 
     async def _evaluate(
         self, run_id: str, plan: Plan, item_index: int, model_index: int

@@ -211,6 +211,11 @@ class RunRequest(BaseModel):
     metrics: list[str] | None = Field(None, min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict)
     wait: bool = False  # answer when the run has ended (201) rather than at once (202)
+    # Each model answers the first item once, unscored, before the timed calls: a cold
+    # engine's first call (loading, compiling) is not its latency.
+    warm_up: bool = True
+    # Calls in flight at once (at most the module's concurrency; 1 times each call alone).
+    concurrency: int | None = Field(None, ge=1)
 
 
 @dataclass
@@ -224,6 +229,8 @@ class Plan:
     metrics: list[str]
     parameters: dict[str, Any] = field(default_factory=dict)  # config's, then the run's
     wait: bool = False
+    warm_up: bool = True
+    concurrency: int = 1
 
     def item_id(self, index: int) -> str:
         """The item's own id, else its position."""
@@ -243,6 +250,10 @@ class Plan:
         else:
             body["prompt"] = item.prompt
         return item.endpoint, body
+
+    def options(self) -> dict[str, Any]:
+        """How the run executes, stored with it."""
+        return {"warm_up": self.warm_up, "concurrency": self.concurrency}
 
     def stored_items(self) -> list[dict[str, Any]]:
         """The dataset as stored with the run (normalised, defaults left out)."""
@@ -355,7 +366,13 @@ def parse_run(data: Any, config: Config) -> Plan:
         items=items,
         metrics=metrics,
         wait=request.wait,
+        warm_up=request.warm_up,
+        concurrency=request.concurrency or config.concurrency,
     )
+    if plan.concurrency > config.concurrency:
+        raise InvalidRequest(
+            f"'concurrency' is at most {config.concurrency} in this module.", param="concurrency"
+        )
     if request.kind == "series":
         if request.parameters:
             raise InvalidRequest("'parameters' go with prompt runs.", param="parameters")

@@ -64,8 +64,8 @@ def summarise(
 def best_models(
     summary: Sequence[Mapping[str, Any]], metrics: Sequence[str]
 ) -> dict[str, set[str]]:
-    """For each metric, the models whose mean is the best (all of them on a tie; none when
-    fewer than two models have a value, since there is nothing to compare)."""
+    """For each metric, the models whose mean is the best (several on a shared best; none
+    when every model has the same value or fewer than two have one: nothing stands out)."""
     best: dict[str, set[str]] = {}
     for metric in metrics:
         scored = [
@@ -80,5 +80,6 @@ def best_models(
         for _, value in scored[1:]:
             if better(metric, value, top):
                 top = value
-        best[metric] = {name for name, value in scored if value == top}
+        winners = {name for name, value in scored if value == top}
+        best[metric] = winners if len(winners) < len(scored) else set()  # a tie shows nothing
     return best

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("models", sa.JSON(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("parameters", sa.JSON(), nullable=False),
+        sa.Column("options", sa.JSON(), nullable=False),
         sa.Column("dataset", sa.JSON(), nullable=False),
         sa.Column("item_count", sa.Integer(), nullable=False),
         sa.Column("completed", sa.Integer(), nullable=False),
