@@ -288,6 +288,12 @@ def test_openai_sdk_through_a_project_module(front: Any) -> None:
     assert reply.choices[0].message.content == plain["choices"][0]["message"]["content"]
     vectors = client.embeddings.create(model="vectors", input=["one", "two"])
     assert len(vectors.data) == 2
+    # Usage is counted per project: the plain request is the plain API's ("project": null).
+    usage = _get(server, "/admin/usage?project=alpha").json()["data"]
+    assert [(row["model"], row["requests"]) for row in usage] == [("fast", 1), ("vectors", 1)]
+    assert usage[0]["principal"].startswith("key:") and usage[0]["project"] == "alpha"
+    plain_usage = _get(server, "/admin/usage?project=").json()["data"]
+    assert ("dtesn-echo", None) in [(row["model"], row["project"]) for row in plain_usage]
     # A server model the project does not alias is not the project's.
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(

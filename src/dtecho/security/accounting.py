@@ -78,20 +78,26 @@ class _BufferedWriter:
 
 
 class UsageRecorder(_BufferedWriter):
-    """Requests and tokens per principal, model and UTC day, written to the store in batches.
+    """Requests and tokens per principal, model, project and UTC day, written to the store in
+    batches.
 
     Counters: recorded (requests), flushed (rows), flush_error (attempts).
     """
 
     def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
         super().__init__(store, flush_seconds)
-        self._pending: dict[tuple[str, str, date], list[int]] = {}
+        self._pending: dict[tuple[str, str, date, str], list[int]] = {}
 
     def record(
-        self, principal_id: str, model: str, prompt_tokens: int, completion_tokens: int
+        self,
+        principal_id: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        project: str = "",
     ) -> None:
-        """Count one request (never blocks, never raises)."""
-        key = (principal_id, model, datetime.now(UTC).date())
+        """Count one request (never blocks, never raises); ``project`` is the front door's."""
+        key = (principal_id, model, datetime.now(UTC).date(), project)
         totals = self._pending.get(key)
         if totals is None:
             self._pending[key] = [1, prompt_tokens, completion_tokens]
@@ -107,8 +113,8 @@ class UsageRecorder(_BufferedWriter):
             return
         batch, self._pending = self._pending, {}
         deltas = [
-            UsageRecord(principal, model, day, requests, prompt, completion)
-            for (principal, model, day), (requests, prompt, completion) in batch.items()
+            UsageRecord(principal, model, day, requests, prompt, completion, project)
+            for (principal, model, day, project), (requests, prompt, completion) in batch.items()
         ]
         try:
             await self._store.usage.add(deltas)

@@ -295,8 +295,9 @@ class SecurityMiddleware:
             await self.app(scope, receive, send_settling)
         finally:
             usage = await self._settle(
-                gateway, principal, model, reserve, decision, scanner, status
-            )
+                gateway, principal, model, reserve, decision, scanner, status,
+                scope_state.get("front_door"),
+            )  # fmt: skip
             if project is not None and project.ticket is not None:  # the project's share
                 spent = sum(usage) if usage is not None else (reserve if status < 400 else 0)
                 await gateway.limiter.settle(project.ticket, spent)
@@ -345,6 +346,7 @@ class SecurityMiddleware:
         decision: Decision,
         scanner: UsageScanner | None,
         status: int,
+        target: Any = None,
     ) -> tuple[int, int] | None:
         """Settle the reservation on the real count and account it; the tokens the answer
         reported (prompt, completion), None when it reported none."""
@@ -359,5 +361,6 @@ class SecurityMiddleware:
         if decision.ticket is not None:
             await gateway.limiter.settle(decision.ticket, prompt + completion)
         if model is not None:
-            gateway.usage.record(principal.id, model, prompt, completion)
+            project = target.project if target is not None else ""
+            gateway.usage.record(principal.id, model, prompt, completion, project)
         return reported

@@ -42,7 +42,7 @@ class KeySecretRecord:
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """Requests and tokens of one principal on one model on one UTC day."""
+    """Requests and tokens of one principal on one model in one project on one UTC day."""
 
     principal_id: str
     model: str
@@ -50,6 +50,7 @@ class UsageRecord:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    project: str = ""  # the front door's project; "" for the plain API
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,12 +232,13 @@ class UsageRepository:
                 "requests": delta.requests,
                 "prompt_tokens": delta.prompt_tokens,
                 "completion_tokens": delta.completion_tokens,
+                "project": delta.project,
             }
             for delta in deltas
         ]
         statement = insert(usage_daily)
         statement = statement.on_conflict_do_update(
-            index_elements=["principal_id", "model", "day"],
+            index_elements=["principal_id", "model", "day", "project"],
             set_={
                 name: getattr(usage_daily.c, name) + getattr(statement.excluded, name)
                 for name in ("requests", "prompt_tokens", "completion_tokens")
@@ -245,7 +246,8 @@ class UsageRepository:
         )
         async with self._engine.begin() as connection:
             # Sorted, so concurrent writers lock rows in one order and cannot deadlock.
-            for row in sorted(rows, key=lambda r: (r["principal_id"], r["model"], r["day"])):
+            key = ("principal_id", "model", "day", "project")
+            for row in sorted(rows, key=lambda r: tuple(r[k] for k in key)):
                 await connection.execute(statement, row)
 
     async def query(
@@ -255,11 +257,18 @@ class UsageRepository:
         model: str | None = None,
         since: date | None = None,
         until: date | None = None,
+        project: str | None = None,
     ) -> list[UsageRecord]:
-        """Rows matching the filters (dates inclusive), by day, principal and model."""
+        """Rows matching the filters (dates inclusive), by day, principal, model and project
+        (``project=""`` is the plain API)."""
         query = select(usage_daily).order_by(
-            usage_daily.c.day, usage_daily.c.principal_id, usage_daily.c.model
+            usage_daily.c.day,
+            usage_daily.c.principal_id,
+            usage_daily.c.model,
+            usage_daily.c.project,
         )
+        if project is not None:
+            query = query.where(usage_daily.c.project == project)
         if principal_id is not None:
             query = query.where(usage_daily.c.principal_id == principal_id)
         if model is not None:
@@ -278,6 +287,7 @@ class UsageRepository:
                 int(row.requests),
                 int(row.prompt_tokens),
                 int(row.completion_tokens),
+                row.project,
             )
             for row in rows
         ]

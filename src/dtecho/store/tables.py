@@ -65,6 +65,8 @@ usage_daily = Table(
     Column("requests", BigInteger, nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
+    # The front door's project ("" for the plain API): usage is per project too (0004).
+    Column("project", String(200), primary_key=True, server_default=""),
 )
 
 audit_log = Table(

@@ -139,14 +139,20 @@ async def usage(
     model: str | None = Query(None, max_length=200),
     since: Date | None = None,
     until: Date | None = None,
+    project: str | None = Query(None, max_length=200),
 ) -> JSONResponse:
-    """Requests and tokens per principal, model and UTC day, with totals. Filters combine
-    (``key_id`` is the principal ``key:<id>``)."""
+    """Requests and tokens per principal, model, project and UTC day, with totals. Filters
+    combine (``key_id`` is the principal ``key:<id>``; ``project=`` empty is the plain API,
+    a name one front-door project)."""
     state = get_state(request)
     assert state.store is not None and state.gateway is not None
     await state.gateway.usage.flush()  # what this replica counted so far is included
     rows = await state.store.usage.query(
-        principal_id=_principal_filter(principal, key_id), model=model, since=since, until=until
+        principal_id=_principal_filter(principal, key_id),
+        model=model,
+        since=since,
+        until=until,
+        project=project,
     )
     if principal and key_id and principal != f"key:{key_id}":
         rows = []  # filters combine: no principal is both
@@ -154,6 +160,7 @@ async def usage(
         {
             "principal": row.principal_id,
             "model": row.model,
+            "project": row.project or None,
             "date": row.day.isoformat(),
             "requests": row.requests,
             "prompt_tokens": row.prompt_tokens,

@@ -109,12 +109,9 @@ def _check_prompt_model(registry: Any, name: str, endpoints: set[str], param: st
 
 
 def _store_engine(store: Any) -> Any:
-    # dtecho.store.Store keeps its engine private; a public ``engine`` is preferred when the
-    # store has one (requested of the store's owners).
-    engine = getattr(store, "engine", None) or getattr(store, "_engine", None)
-    if engine is None:
-        raise RuntimeError("the store is not started")
-    return engine
+    if store is None:
+        raise RuntimeError("the evaluation module needs the server's store")
+    return store.engine  # raises when the store is not started
 
 
 class EvaluationModule(Module):

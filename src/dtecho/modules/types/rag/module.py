@@ -25,14 +25,9 @@ _BODY_FACTOR = 2
 
 
 def _engine_of(store: Any) -> Any:
-    # The store exposes no public engine yet (only its own repositories); a public
-    # ``Store.engine`` is asked for, and used as soon as it exists.
-    engine = getattr(store, "engine", None)
-    if engine is None:
-        engine = getattr(store, "_engine", None)
-    if engine is None:
-        raise RuntimeError("the store is not started")
-    return engine
+    if store is None:
+        raise RuntimeError("the rag module needs the server's store")
+    return store.engine  # raises when the store is not started
 
 
 class RagModule(Module):
