@@ -89,7 +89,19 @@ ALPHA = _manifest(
     {"name": "ts", "type": "dtesn"},
     {"name": "broken", "type": "crashy", "config": {"fail_start": True}},
     {"name": "flaky", "type": "crashy"},
+    {"name": "docs", "type": "rag", "config": {"chunk_chars": 300, "top_k": 2}},
+    {"name": "evals", "type": "evaluation", "config": {"parameters": {"max_tokens": 8}}},
 )
+CORPUS = {
+    "Tides": "Tides are the rise and fall of sea levels caused by the gravity of the moon and "
+    "the sun. Spring tides happen at new and full moon.",
+    "Sourdough": "Sourdough bread rises because a starter of wild yeast and lactobacilli "
+    "ferments the dough. Feed the starter flour and water daily.",
+    "Volcanoes": "A volcano erupts when magma from the mantle forces its way through the "
+    "crust. Basalt lava flows are runny; andesite lava is sticky.",
+    "Chess": "In chess, castling moves the king two squares toward a rook, which jumps over "
+    "the king. You cannot castle out of check.",
+}
 BETA = _manifest(
     "beta",
     {"name": "ts", "type": "dtesn"},
@@ -322,6 +334,76 @@ def test_a_project_reaches_its_own_provider_with_its_own_credential(front: Any) 
     )
     assert stale.status_code == 401
     assert "k-revoked" not in stale.text and "k-delta-123" not in stale.text
+
+
+def test_rag_answers_citing_the_chunk_that_holds_the_answer(front: Any) -> None:
+    server, _, _ = front
+    ids = {}
+    for title, text in CORPUS.items():
+        uploaded = _post(server, "/alpha/docs/documents", {"title": title, "text": text})
+        assert uploaded.status_code == 201, uploaded.text
+        ids[title] = uploaded.json()["id"]
+    client = openai.OpenAI(base_url=f"{server.base_url}/alpha/docs/v1", api_key=ADMIN_KEY)
+    questions = {
+        "Why does sourdough bread rise?": "Sourdough",
+        "When is castling not allowed in chess?": "Chess",
+        "What makes the tides rise and fall?": "Tides",
+        "How does a volcano erupt?": "Volcanoes",
+    }
+    for question, title in questions.items():
+        answer = client.chat.completions.create(
+            model="dtesn-echo", messages=[{"role": "user", "content": question}], max_tokens=8
+        )
+        citations = answer.model_extra["citations"]
+        assert citations[0]["document_id"] == ids[title], (question, citations)
+        assert citations[0]["title"] == title
+    # Another project cannot see the documents.
+    beta_key = _key(server, name="beta-reader", project="beta")
+    assert _get(server, "/alpha/docs/documents", beta_key).status_code == 403
+
+
+def test_an_evaluation_run_compares_two_models(front: Any) -> None:
+    server, _, _ = front
+    item = {"id": "q1", "prompt": "The echo"}
+    greedy = _post(
+        server,
+        "/v1/completions",
+        {"model": "dtesn-echo", "prompt": "The echo", "max_tokens": 8, "temperature": 0},
+    ).json()["choices"][0]["text"]
+    run = _post(
+        server,
+        "/alpha/evals/runs",
+        {
+            "name": "greedy vs wrong",
+            "models": [
+                {"model": "dtesn-echo", "label": "greedy", "parameters": {"temperature": 0}},
+                {
+                    "model": "dtesn-echo",
+                    "label": "hot",
+                    "parameters": {"temperature": 1.5, "seed": 3},
+                },
+            ],
+            "items": [
+                {**item, "expected": greedy},
+                {"id": "q2", "prompt": "x", "expected": "\u0000"},
+            ],
+            "wait": True,
+        },
+    )
+    assert run.status_code == 201, run.text
+    record = run.json()
+    assert record["status"] == "completed"
+    summary = {entry["model"]: entry for entry in record["summary"]}
+    assert set(summary) == {"greedy", "hot"}
+    # q1's expected answer is the greedy output itself; q2's can match no output.
+    assert summary["greedy"]["metrics"]["exact_match"]["mean"] == 0.5
+    assert summary["greedy"]["metrics"]["completion_tokens"]["total"] == 16
+    page = httpx.get(
+        f"{server.base_url}/alpha/evals/runs/{record['id']}/page", headers=ADMIN, timeout=30
+    )
+    assert page.status_code == 200 and "greedy" in page.text and "hot" in page.text
+    listed = _get(server, "/alpha/evals/runs").json()["data"]
+    assert record["id"] in [entry["id"] for entry in listed]
 
 
 def test_unknown_project_and_module_are_404_in_the_openai_body(front: Any) -> None:
