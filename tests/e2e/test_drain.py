@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from dtecho.server.drain import DUPLICATE_SIGNAL_SECONDS
-from support import ServerProcess
+from support import FaultUpstream, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +32,9 @@ DRAIN_DELAY_SECONDS = 2.0
 GRACE_SECONDS = 60.0
 
 
-def chat_body(max_tokens: int) -> dict[str, Any]:
+def chat_body(max_tokens: int, model: str = "dtesn-echo") -> dict[str, Any]:
     return {
-        "model": "dtesn-echo",
+        "model": model,
         "messages": [{"role": "user", "content": "Tell me about echo state networks."}],
         "max_tokens": max_tokens,
         "stream": True,
@@ -43,11 +43,12 @@ def chat_body(max_tokens: int) -> dict[str, Any]:
 
 
 async def read_stream(
-    client: httpx.AsyncClient, max_tokens: int, first_chunk: asyncio.Event
+    client: httpx.AsyncClient, max_tokens: int, first_chunk: asyncio.Event, model: str
 ) -> tuple[list[str], float]:
     """The ``data:`` payloads of one streamed chat completion, and when it ended."""
     payloads: list[str] = []
-    async with client.stream("POST", "/v1/chat/completions", json=chat_body(max_tokens)) as r:
+    body = chat_body(max_tokens, model)
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         async for line in r.aiter_lines():
             if line.startswith("data: "):
@@ -101,12 +102,28 @@ def drain_config(delay: float, grace: float) -> dict[str, Any]:
     return {"drain_delay_seconds": delay, "shutdown_timeout_seconds": grace}
 
 
+@pytest.fixture(scope="module")
+def endless() -> Any:
+    """An upstream whose streams last half an hour: a stream no drain can wait out (a
+    native one is capped at max_output_tokens, seconds of generation)."""
+    with FaultUpstream("endless", latency_ms=0, stream_chunks=100_000, chunk_interval_ms=20) as up:
+        yield up
+
+
+def endless_config(upstream: Any, delay: float, grace: float) -> dict[str, Any]:
+    model = {"name": "endless", "engine": "openai", "base_url": upstream.url}
+    defaults = [{"name": "dtesn-echo", "engine": "dtesn", "task": "generate"}]
+    return {**drain_config(delay, grace), "models": [*defaults, model]}
+
+
 async def open_streams(
-    client: httpx.AsyncClient, count: int, max_tokens: int
+    client: httpx.AsyncClient, count: int, max_tokens: int, model: str = "dtesn-echo"
 ) -> list[asyncio.Task[tuple[list[str], float]]]:
     """Start ``count`` streams; return once every one has received its first chunk."""
     firsts = [asyncio.Event() for _ in range(count)]
-    streams = [asyncio.create_task(read_stream(client, max_tokens, first)) for first in firsts]
+    streams = [
+        asyncio.create_task(read_stream(client, max_tokens, first, model)) for first in firsts
+    ]
     await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 60)
     return streams
 
@@ -164,13 +181,13 @@ async def test_every_worker_drains_the_same_way(server_factory) -> None:
 
 
 async def test_a_stream_longer_than_the_grace_period_is_cut_and_the_process_exits(
-    server_factory,
+    server_factory, endless: Any
 ) -> None:
     grace = 2.0
-    server = server_factory(config=drain_config(0.5, grace))
+    server = server_factory(config=endless_config(endless, 0.5, grace))
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-        # Minutes of tokens: it cannot finish within the grace period.
-        (stream,) = await open_streams(client, 1, 10_000_000)
+        # Half an hour of chunks: it cannot finish within the grace period.
+        (stream,) = await open_streams(client, 1, 16, model="endless")
         server.process.send_signal(signal.SIGTERM)
         status = await wait_for_exit(server, grace + 20)
         try:
@@ -187,14 +204,14 @@ async def test_a_stream_longer_than_the_grace_period_is_cut_and_the_process_exit
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_second_signal_during_the_drain_forces_a_prompt_exit(
-    server_factory, workers: int
+    server_factory, endless: Any, workers: int
 ) -> None:
     delay = 30.0  # without the second signal the process would wait this long
     server = server_factory(
-        config=drain_config(delay, delay + 30), args=("--workers", str(workers))
+        config=endless_config(endless, delay, delay + 30), args=("--workers", str(workers))
     )
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-        (stream,) = await open_streams(client, 1, 10_000_000)
+        (stream,) = await open_streams(client, 1, 16, model="endless")
         server.process.send_signal(signal.SIGTERM)
         # Past the window in which a second signal counts as a copy of the first, also for a
         # worker that got the first from the supervisor's next tick.
