@@ -413,6 +413,10 @@ def test_unknown_project_and_module_are_404_in_the_openai_body(front: Any) -> No
     assert missing.json()["error"]["code"] == "module_not_found"
     assert missing.json()["error"]["param"] == "module"
     assert _get(server, "/nosuchproject/chat/v1/models").status_code == 404
+    inside = _get(server, "/alpha/hello/nowhere")  # a module's own 404 and 405 too
+    assert inside.status_code == 404 and inside.json()["error"]["code"] == "not_found"
+    wrong = _get(server, "/alpha/hello/echo")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     # A built-in module answers only its own API.
     other = _get(server, "/alpha/chat/v1/dtesn/models")
     assert other.status_code == 404

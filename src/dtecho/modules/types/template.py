@@ -55,11 +55,23 @@ class TemplateModule(Module):
             routes=[
                 Route("/", self.info, methods=["GET"]),
                 Route("/echo", self.echo, methods=["POST"]),
-            ]
+            ],
+            # Starlette answers these in plain text; clients of the API expect its error body.
+            exception_handlers={404: self.not_found, 405: self.not_allowed},
         )
 
     async def check(self) -> None:
         """Nothing can go wrong in memory; a real type would ping its database here."""
+
+    async def not_found(self, request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, f"No route {request.url.path} in this module.", None, "not_found")
+
+    async def not_allowed(self, request: Request, exc: Exception) -> JSONResponse:
+        response = _error(
+            405, f"Method {request.method} is not allowed here.", None, "method_not_allowed"
+        )
+        response.headers["allow"] = "GET" if request.scope["path"] == "/" else "POST"
+        return response
 
     async def info(self, request: Request) -> JSONResponse:
         self.requests += 1
