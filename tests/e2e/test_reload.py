@@ -313,4 +313,4 @@ def test_rollback_returns_to_an_earlier_version(server_factory: Any, upstreams: 
     unknown = httpx.post(
         f"{server.base_url}/admin/config/rollback", json={"version": 99}, timeout=10
     )
-    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "version"
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "version"

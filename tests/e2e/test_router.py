@@ -259,7 +259,9 @@ def test_adaptive_hedging_rescues_every_tail_request_of_a_deployment(
     assert stats["tails"] >= 3
     assert stats["tails_waited"] == 0  # each was cancelled by its hedge's answer
     snapshot = httpx.get(f"{server.base_url}/admin/upstreams").json()["data"][0]
-    assert snapshot["counts"]["hedge_won"] >= stats["tails"]
+    # Not ``>= tails``: on a loaded machine a hedge of a slow primary on up-b may itself land
+    # on up-a and draw a tail, which the primary's answer then cancels (no hedge won that).
+    assert snapshot["counts"]["hedge_won"] >= 1
     assert snapshot["hedge_delay_ms"]["whole"] is not None
 
 
