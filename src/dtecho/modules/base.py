@@ -85,6 +85,7 @@ class Module:
     Config: ClassVar[type[BaseModel]] = EmptyConfig
     builtin: ClassVar[Literal["openai", "dtesn"] | None] = None
     description: ClassVar[str] = ""
+    rewrites: bool = False  # whether the front door hands model call bodies to rewrite()
 
     def __init__(self, context: ModuleContext, config: BaseModel) -> None:
         self.context = context

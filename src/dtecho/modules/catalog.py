@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from dtecho.modules.base import Module
-from dtecho.modules.manifest import ManifestInvalid, ProjectManifest, describe_errors
+from dtecho.modules.manifest import ManifestInvalid, ModuleSpec, ProjectManifest, describe_errors
 
 __all__ = ["ManifestCatalog", "ProjectEntry", "Rejection"]
 
@@ -35,6 +35,14 @@ class ProjectEntry:
     source: str  # "dir:/path/acme.yaml", "control_tower"
     fingerprint: str
     loaded_at: float = field(default_factory=time.time)
+    # The enabled modules by name, and whatever a router keeps per module (the front door's
+    # request targets): built once per manifest, not once per request.
+    modules: Mapping[str, ModuleSpec] = field(init=False)
+    routes: dict[str, Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        enabled = {m.name: m for m in self.manifest.modules if m.enabled}
+        object.__setattr__(self, "modules", enabled)
 
     @property
     def project(self) -> str:

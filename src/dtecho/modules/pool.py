@@ -117,6 +117,20 @@ class ModulePool:
         slot.last_used = time.monotonic()
         return slot, instance
 
+    def try_acquire(self, entry: ProjectEntry, spec: ModuleSpec) -> tuple[Any, Module] | None:
+        """:meth:`acquire` without awaiting, when the instance is already running (the hot
+        path); None when it must be started first."""
+        slot = self._slots.get((entry.project, spec.name))
+        if slot is None or slot.spec is not spec or slot.state != "ready":
+            return None
+        instance = slot.instance
+        if instance is None:
+            return None
+        slot.in_flight += 1
+        slot.drained.clear()
+        slot.last_used = time.monotonic()
+        return slot, instance
+
     def release(self, handle: Any) -> None:
         """End the request :meth:`acquire` began; a retired instance closes after its last."""
         slot: _Slot = handle
@@ -156,6 +170,8 @@ class ModulePool:
     def _slot(self, entry: ProjectEntry, spec: ModuleSpec) -> _Slot:
         key = (entry.project, spec.name)
         slot = self._slots.get(key)
+        if slot is not None and slot.spec is spec:  # the usual case: the same manifest entry
+            return slot
         fingerprint = module_fingerprint(spec)
         if slot is not None and slot.fingerprint == fingerprint:
             return slot
@@ -239,7 +255,7 @@ class ModulePool:
         """Retire instances whose module was removed or changed (new requests get new ones)."""
         for key, slot in list(self._slots.items()):
             entry = new.get(slot.project)
-            spec = entry.manifest.module(slot.name) if entry is not None else None
+            spec = entry.modules.get(slot.name) if entry is not None else None
             if spec is None or module_fingerprint(spec) != slot.fingerprint:
                 del self._slots[key]
                 self._retire(slot)

@@ -186,8 +186,12 @@ class FrontDoorMiddleware:
             return
         third = path.find("/", second + 1)
         name = path[second + 1 : third] if third > 0 else path[second + 1 :]
-        spec = entry.manifest.module(name)
-        if spec is None or not spec.enabled:
+        target = entry.routes.get(name)
+        if target is None and name in entry.modules:
+            target = entry.routes[name] = Target(
+                entry, entry.modules[name], path[:second] + "/" + name
+            )
+        if target is None:
             await _send_error(
                 send,
                 NotFound(
@@ -197,10 +201,10 @@ class FrontDoorMiddleware:
                 ),
             )
             return
-        prefix = path[:third] if third > 0 else path
+        prefix = target.prefix
         rest = path[third:] if third > 0 else "/"
         scope_state = scope.setdefault("state", {})
-        scope_state[TARGET] = Target(entry, spec, prefix)
+        scope_state[TARGET] = target
         routes = entry.manifest.routes
         if routes.timeout_seconds is not None:
             scope_state[DEADLINE_OVERRIDE] = routes.timeout_seconds
@@ -266,7 +270,10 @@ class ModuleDispatch:
         kind = target.spec.type
         pool = front_door.pool
         try:
-            handle, instance = await pool.acquire(target.entry, target.spec)
+            acquired = pool.try_acquire(target.entry, target.spec)  # a running instance
+            if acquired is None:
+                acquired = await pool.acquire(target.entry, target.spec)
+            handle, instance = acquired
         except ModuleUnavailable as exc:
             front_door.count("unavailable", kind)
             await _send_error(send, exc)
@@ -294,11 +301,7 @@ class ModuleDispatch:
             )
             return
         scope["state"].update(instance.overrides())
-        if (
-            scope["method"] == "POST"
-            and path in MODEL_PATHS
-            and getattr(instance, "rewrites", False)
-        ):
+        if instance.rewrites and scope["method"] == "POST" and path in MODEL_PATHS:
             receive = await self._rewritten(instance, path, scope["state"], receive)
             if receive is None:
                 return

@@ -85,6 +85,8 @@ class InferenceModule(Module):
         await self._own.start(self._stack)
         self._view: tuple[int, ModelRegistry, str] | None = None
         self._overrides: tuple[Any, dict[str, Any]] | None = None
+        # Bodies are rewritten only when there is something to fill in.
+        self.rewrites = bool(self.config.defaults or self.config.default_model)
         # Resolved now, so that a name pointing nowhere fails the start, not a request.
         self._registry()
 
@@ -148,11 +150,6 @@ class InferenceModule(Module):
             registry, scope = self._registry()
             self._overrides = (served, {MODELS_OVERRIDE: registry, CACHE_SCOPE: scope})
         return self._overrides[1]
-
-    @property
-    def rewrites(self) -> bool:
-        """Whether request bodies need :meth:`rewrite` (defaults or a default model)."""
-        return bool(self.config.defaults or self.config.default_model)
 
     async def rewrite(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if "model" not in body and self.config.default_model is not None:
