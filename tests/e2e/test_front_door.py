@@ -92,6 +92,7 @@ ALPHA = _manifest(
     {"name": "docs", "type": "rag", "config": {"chunk_chars": 300, "top_k": 2}},
     {"name": "evals", "type": "evaluation", "config": {"parameters": {"max_tokens": 8}}},
 )
+QUOTA = _manifest("quota", {"name": "hello", "type": "template"}, limits={"rpm": 3})
 CORPUS = {
     "Tides": "Tides are the rise and fall of sea levels caused by the gravity of the moon and "
     "the sun. Spring tides happen at new and full moon.",
@@ -235,6 +236,7 @@ def front(
     (tmp / "manifests" / "delta.json").write_text(
         json.dumps(_delta(upstream.url)), encoding="utf-8"
     )
+    (tmp / "manifests" / "quota.json").write_text(json.dumps(QUOTA), encoding="utf-8")
     plugins = _install_plugin(tmp / "plugins")
     namespace = f"fd-{uuid.uuid4().hex[:8]}"
     config = _config(tmp, tower, redis_url, namespace)
@@ -439,6 +441,18 @@ def test_keys_of_one_project_are_refused_by_another(front: Any) -> None:
     assert _get(server, "/beta/hello/", anywhere).status_code == 403
     # No key at all is a 401, as on the plain API.
     assert httpx.get(f"{server.base_url}/alpha/hello/", timeout=10).status_code == 401
+
+
+def test_a_projects_limits_count_all_its_callers_together(front: Any) -> None:
+    server, _, _ = front
+    first, second = _key(server, name="q1", project="quota"), _key(server, name="q2")
+    answers = [_get(server, "/quota/hello/", key) for key in (first, second, first, second)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    refused = answers[-1].json()["error"]
+    assert refused["code"] == "project_rate_limit_exceeded" and "quota" in refused["message"]
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    # The keys themselves are not limited: the plain API still answers them.
+    assert _get(server, "/v1/models", second).status_code == 200
 
 
 def test_dtesn_models_of_one_project_are_invisible_to_another(front: Any) -> None:
