@@ -617,8 +617,9 @@ def test_control_tower_down_serves_last_known_good_then_updates(
         tower.manifests = [GAMMA_V2]
         tower.start()
     try:
+        # The degraded source polls again within seconds by itself; a refresh makes it now.
         updated = _post(front_server, "/admin/manifests/refresh", {}).json()
-        assert updated["refreshed"]["control_tower"] == "updated"
+        assert updated["refreshed"]["control_tower"] in ("updated", "not_modified")
         assert _get(front_server, "/gamma/hello/").json()["greeting"] == "v2"
         ready = httpx.get(f"{front_server.base_url}/health/ready", timeout=10).json()
         assert ready["checks"]["manifests"] == "ok"

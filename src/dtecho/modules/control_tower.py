@@ -145,9 +145,10 @@ class ControlTowerSource:
         }
 
     async def start(self) -> None:
-        """Fetch once (with retries); on failure serve the LKG. Then poll in the background."""
+        """Fetch once; if the tower does not answer, serve the LKG at once (a start never
+        waits out the retries) and keep trying in the background. Then poll."""
         try:
-            await self.refresh()
+            await self.refresh(retries=0)
         except TowerUnavailable:
             await self._serve_lkg()
         self._task = asyncio.create_task(self._poll(), name="dtecho-control-tower")
@@ -159,11 +160,12 @@ class ControlTowerSource:
                 await self._task
         await self._client.aclose()
 
-    async def refresh(self) -> str:
+    async def refresh(self, retries: int | None = None) -> str:
         """One poll: ``updated``, ``not_modified``; raises :class:`TowerUnavailable` (after
-        marking the source degraded) when no usable answer came within the retries."""
+        marking the source degraded) when no usable answer came within the retries
+        (``control_tower.retries`` unless given)."""
         try:
-            response = await self._fetch()
+            response = await self._fetch(self.settings.retries if retries is None else retries)
         except TowerUnavailable as exc:
             self._degrade(str(exc))
             raise
@@ -182,10 +184,10 @@ class ControlTowerSource:
         self._count("updated")
         return "updated"
 
-    async def _fetch(self) -> httpx.Response:
+    async def _fetch(self, retries: int) -> httpx.Response:
         headers = {"if-none-match": self._etag} if self._etag and self._entries else {}
         last_error = "no attempt"
-        for attempt in range(self.settings.retries + 1):
+        for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(backoff_delay(attempt, initial=0.2, maximum=5.0, rng=self._rng))
             try:
@@ -250,8 +252,18 @@ class ControlTowerSource:
         _log.warning("serving_last_known_good", origin=origin, projects=sorted(entries))
 
     async def _poll(self) -> None:
+        failures = 0
         while True:
-            await asyncio.sleep(self.settings.poll_interval_seconds)
+            interval = self.settings.poll_interval_seconds
+            if self.degraded:  # come back soon after an outage, backing off up to the interval
+                failures += 1
+                interval = min(
+                    interval,
+                    backoff_delay(failures, initial=1.0, maximum=60.0, rng=self._rng) + 1.0,
+                )
+            else:
+                failures = 0
+            await asyncio.sleep(interval)
             try:
                 await self.refresh()
             except TowerUnavailable:
