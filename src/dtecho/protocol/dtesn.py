@@ -25,6 +25,7 @@ __all__ = [
     "BatchRequest",
     "DtesnChatRequest",
     "ModelConfig",
+    "MoveAliasRequest",
     "PredictRequest",
     "ProcessForm",
     "ProcessOptions",
@@ -418,8 +419,21 @@ class UpdateRequest(BaseModel):
         description="As many rows as inputs, as wide as the model's output_dim."
     )
     warmup: Int = Field(0, ge=0, description="Leading rows that only settle the state.")
+    promote: Bool = Field(
+        True,
+        description="Move the `production` alias to the new version (false: only record it; "
+        "name it with an alias, or `model@version`).",
+    )
 
     _series = field_validator("inputs", "targets")(lambda cls, v: _as_matrix(v))
+
+
+class MoveAliasRequest(BaseModel):
+    """``PUT /v1/dtesn/models/{id}/aliases/{alias}``: point the alias at a version."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2}]})
+
+    version: Int = Field(ge=1, le=2**31 - 1, description="An available version of the model.")
 
 
 class DtesnChatRequest(ChatCompletionRequest):

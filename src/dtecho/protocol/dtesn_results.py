@@ -25,6 +25,10 @@ __all__ = [
     "DtesnModel",
     "DtesnModelList",
     "Membrane",
+    "ModelAlias",
+    "ModelAliasList",
+    "ModelVersion",
+    "ModelVersionList",
     "Prediction",
     "ProcessResult",
 ]
@@ -196,3 +200,50 @@ class CacheControlResult(BaseModel):
     action: str
     targets: list[str]
     invalidated: int
+
+
+class ModelVersion(BaseModel):
+    """One immutable version of a trained model, with the aliases naming it."""
+
+    model_config = _OPEN
+
+    object: Literal["dtesn.model.version"]
+    model: str
+    version: int
+    parent: int | None = Field(description="The version it was updated from; null for a fit.")
+    kind: Literal["fit", "tune", "rls_update", "learner"]
+    created: int
+    creator: str | None = Field(description="The principal that made it.")
+    config: dict[str, Any]
+    data_fingerprint: str = Field(description="SHA-256 of the rows it was trained on.")
+    metrics: dict[str, Any]
+    status: Literal["available", "archived"]
+    aliases: list[str]
+
+
+class ModelVersionList(BaseModel):
+    model_config = _OPEN
+
+    object: Literal["list"]
+    data: list[ModelVersion]
+
+
+class ModelAlias(BaseModel):
+    """A name for a version; ``previous`` is what a rollback returns to."""
+
+    model_config = _OPEN
+
+    object: Literal["dtesn.model.alias"]
+    model: str
+    alias: str
+    version: int
+    previous: int | None
+    updated: int
+    updated_by: str | None
+
+
+class ModelAliasList(BaseModel):
+    model_config = _OPEN
+
+    object: Literal["list"]
+    data: list[ModelAlias]

@@ -20,6 +20,7 @@ from dtecho.observability.runtime import EventLoopLagMonitor, register_runtime_c
 from dtecho.observability.tracing import Tracing
 from dtecho.protocol.dtesn import TrainRequest
 from dtecho.protocol.dtesn_results import CacheControlResult
+from dtecho.registry.versions import ModelVersions
 from dtecho.server.caching import RouteCache
 from dtecho.server.compression import CompressionMiddleware
 from dtecho.server.conditional import ConditionalGetMiddleware
@@ -72,6 +73,7 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
         _log.info("redis_configured", url=redact_url(url))
 
     await start_gateway(state, stack)
+    state.dtesn_models.attach_versions(ModelVersions(state.store.versions))
     await _share_breakers(state, stack)
     await state.cache.cache.start()  # never fails for Redis trouble: L1/L2 serve meanwhile
     stack.push_async_callback(state.cache.cache.close)

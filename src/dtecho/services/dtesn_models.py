@@ -31,6 +31,7 @@ from dtecho.dtesn.reservoir import Reservoir
 from dtecho.dtesn.search import DEFAULT_SPACE, TREE_SPACE, TrialProgress, check_folds, search
 from dtecho.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from dtecho.protocol.dtesn import ModelConfig, TrainRequest, TuneOptions
+from dtecho.registry.versions import PRODUCTION, ModelVersions, data_fingerprint, parse_ref
 from dtecho.services.budget import (
     Cost,
     WorkBudget,
@@ -208,8 +209,13 @@ class ModelService:
         batching: BatchingSettings | None = None,
         observer: BatchObserver | None = None,
         limits: WorkLimits | None = None,
+        keep_versions: int = 20,
     ) -> None:
         limits = limits or WorkLimits()
+        # The registry (versions and aliases in the store), attached once the store is open;
+        # without it a model is its latest version.
+        self.versions: ModelVersions | None = None
+        self.keep_versions = keep_versions  # unaliased versions kept; older ones archived
         self.budget = WorkBudget(limits.max_sync_cost, limits.max_background_cost)
         self.store = ModelStore(data_dir / "dtesn-models")
         self._locks: dict[str, asyncio.Lock] = {}
@@ -223,6 +229,10 @@ class ModelService:
                 record.update(status="failed", error="interrupted by a restart")
                 self.store.put_record(record)
 
+    def attach_versions(self, versions: ModelVersions) -> None:
+        """Record every version in the registry and resolve ``model@ref`` through it."""
+        self.versions = versions
+
     async def close(self) -> None:
         self._closing = True  # a search running in a thread stops at its next trial
         for job in list(self._jobs):
@@ -231,9 +241,14 @@ class ModelService:
     # ---- training -----------------------------------------------------------------------
 
     async def train(
-        self, request: TrainRequest, inputs: np.ndarray, targets: np.ndarray
+        self,
+        request: TrainRequest,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        creator: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Create a model; returns (record, runs_in_background)."""
+        """Create a model; returns (record, runs_in_background). Its first version becomes
+        ``production``; ``creator`` (a principal id) is recorded with it."""
         rows = inputs.shape[0]
         if targets.shape[0] != rows:
             raise InvalidRequest(
@@ -299,13 +314,13 @@ class ModelService:
             record["tuning"] = tuning.model_dump()
         self.store.put_record(record)
         if tuning is not None:  # a search is many fits: always a background job
-            self._start(self._tune_job(record, tuning, inputs, targets))
+            self._start(self._tune_job(record, tuning, inputs, targets, creator))
             return record, True
         assert estimator is not None and isinstance(request.config, ModelConfig)
         if background:
-            self._start(self._train_job(record, estimator, inputs, targets))
+            self._start(self._train_job(record, estimator, inputs, targets, creator))
             return record, True
-        await self._fit(record, estimator, inputs, targets)
+        await self._fit(record, estimator, inputs, targets, creator)
         return record, False
 
     def _start(self, work: Any) -> None:
@@ -313,9 +328,11 @@ class ModelService:
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    async def _train_job(self, record: dict[str, Any], estimator: DTESN, X, Y) -> None:
+    async def _train_job(
+        self, record: dict[str, Any], estimator: DTESN, X, Y, creator: str | None
+    ) -> None:
         try:
-            await self._fit(record, estimator, X, Y)
+            await self._fit(record, estimator, X, Y, creator)
         except Exception as exc:  # a failed job is recorded, not raised into the void
             self._failed(record, exc)
 
@@ -325,11 +342,13 @@ class ModelService:
         record.update(status="failed", error=message or f"{type(exc).__name__}: {exc}")
         self.store.put_record(record)
 
-    async def _tune_job(self, record: dict[str, Any], options: TuneOptions, X, Y) -> None:
+    async def _tune_job(
+        self, record: dict[str, Any], options: TuneOptions, X, Y, creator: str | None
+    ) -> None:
         """Search the settings, then fit, evaluate and save the best as ``_fit`` does."""
         try:
             estimator = await asyncio.to_thread(self._tune, record, options, X, Y)
-            await self._fit(record, estimator, X, Y)
+            await self._fit(record, estimator, X, Y, creator, kind="tune")
         except Exception as exc:  # _Interrupted too: close() cancels jobs after setting it
             self._failed(record, exc)
 
@@ -373,7 +392,15 @@ class ModelService:
         record["progress"] = {"phase": phase, "elapsed_seconds": round(time.time() - started, 3)}
         self.store.put_record(record)
 
-    async def _fit(self, record: dict[str, Any], estimator: DTESN, X, Y) -> None:
+    async def _fit(
+        self,
+        record: dict[str, Any],
+        estimator: DTESN,
+        X,
+        Y,
+        creator: str | None = None,
+        kind: str = "fit",
+    ) -> None:
         started, wall = time.perf_counter(), time.time()
         warm = record["warmup"]
         self._phase(record, "fitting", wall)
@@ -403,7 +430,46 @@ class ModelService:
         record["versions"].append(
             {"version": 1, "kind": "fit", "created": record["updated"], "nrmse": score}
         )
+        # In the registry before the record says ready: a reader never sees a ready model
+        # without its version.
+        await self._record_version(
+            record, 1, parent=None, kind=kind, data=(X, Y), creator=creator,
+            metrics={"nrmse": score, "rows": int(X.shape[0])}, promote=True,
+        )  # fmt: skip
         self.store.put_record(record)
+
+    async def _record_version(
+        self,
+        record: dict[str, Any],
+        version: int,
+        *,
+        parent: int | None,
+        kind: str,
+        data: tuple[np.ndarray, np.ndarray],
+        metrics: dict[str, Any],
+        creator: str | None,
+        promote: bool,
+    ) -> None:
+        """The version in the registry (and ``production`` moved to it when ``promote``),
+        then the oldest unaliased versions past ``keep_versions`` archived."""
+        if self.versions is None:
+            return
+        model_id = record["id"]
+        await self.versions.record(
+            model_id, version, parent=parent, kind=kind, config=record["config"],
+            fingerprint=data_fingerprint(*data), metrics=metrics, creator=creator,
+        )  # fmt: skip
+        if promote:
+            await self.versions.move(model_id, PRODUCTION, version, actor=creator)
+        aliased = await self.versions.aliased_versions(model_id)
+        available = [
+            v.version
+            for v in await self.versions.versions(model_id)
+            if v.status == "available" and v.version not in aliased and v.version != version
+        ]
+        for old in available[: max(0, len(available) - self.keep_versions)]:
+            await self.versions.archive(model_id, old)
+            self.store.delete_version(model_id, old)
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -447,13 +513,43 @@ class ModelService:
                 return
 
     def get(self, model_id: str) -> dict[str, Any]:
-        return self.store.record(model_id)
+        return self.store.record(parse_ref(model_id).model_id)
+
+    async def resolve(self, reference: str) -> tuple[dict[str, Any], int]:
+        """The ready model ``reference`` names (``dm-…``, ``dm-…@3``, ``dm-…@alias``) and the
+        version it names now: the bare id is ``production`` when that alias is set, else
+        the latest version."""
+        ref = parse_ref(reference)
+        record = self._ready(ref.model_id)
+        latest = int(record["version"])
+        if self.versions is None:
+            if ref.alias is not None:
+                raise NotFound(f"Model '{ref.model_id}' has no alias '{ref.alias}'.",
+                               param="alias", code="alias_not_found")  # fmt: skip
+            if ref.version is not None and not 1 <= ref.version <= latest:
+                raise NotFound(f"Model '{ref.model_id}' has no version {ref.version}.",
+                               param="version", code="version_not_found")  # fmt: skip
+            return record, ref.version or latest
+        version = await self.versions.resolve(ref, latest)
+        if ref.version is not None:
+            await self.versions.check_servable(ref.model_id, version)
+        return record, version
+
+    async def _estimator_of(self, model_id: str, version: int) -> DTESN:
+        """The loaded estimator of a version (read from disk in a thread the first time)."""
+        model = self.store.loaded(model_id, version)
+        if model is None:
+            model = await asyncio.to_thread(self.store.load, model_id, version)
+        return model
 
     def list(self) -> list[dict[str, Any]]:
         return self.store.records()
 
-    def delete(self, model_id: str) -> None:
+    async def delete(self, model_id: str) -> None:
+        """The model, every version's weights and its registry entries."""
         self.store.delete(model_id)
+        if self.versions is not None:
+            await self.versions.forget(model_id)
 
     def _ready(self, model_id: str) -> dict[str, Any]:
         record = self.store.record(model_id)
@@ -504,9 +600,16 @@ class ModelService:
         reservoir = self._reservoir(model_id, version, model)
         return predict_many(model, reservoir, [inputs for _, inputs in items], horizon)
 
-    async def predict(self, model_id: str, inputs: np.ndarray, horizon: int) -> dict[str, Any]:
-        """Teacher-forced outputs for ``inputs``, then ``horizon`` closed-loop steps."""
-        record = self._ready(model_id)
+    async def predict(
+        self, model_id: str, inputs: np.ndarray, horizon: int, version: int | None = None
+    ) -> dict[str, Any]:
+        """Teacher-forced outputs for ``inputs``, then ``horizon`` closed-loop steps, by the
+        version ``model_id`` names (a reference: ``dm-…@3``) unless ``version`` is given."""
+        if version is None:
+            record, version = await self.resolve(model_id)
+        else:
+            record = self._ready(parse_ref(model_id).model_id)
+        model_id = record["id"]
         self._check_width(record, inputs, "inputs")
         if horizon and record["input_dim"] != record["output_dim"]:
             raise InvalidRequest(
@@ -521,8 +624,7 @@ class ModelService:
             alternative='With "stream": true the predictions arrive as they are computed, '
             f"within work_limits.max_background_cost ({self.budget.max_background_cost:g}).",
         )
-        version = record["version"]
-        model = self.store.load(model_id, version)
+        model = await self._estimator_of(model_id, version)
         if self.batcher is not None:
             # The version is part of the key: an update never shares a batch with the old one.
             key = (model_id, version, horizon)
@@ -535,7 +637,7 @@ class ModelService:
         return {
             "object": "dtesn.prediction",
             "model": model_id,
-            "version": record["version"],
+            "version": version,
             "predictions": predicted.tolist(),
             "forecast": forecast.tolist() if forecast is not None else None,
         }
@@ -546,15 +648,15 @@ class ModelService:
         """Validate now; then (event, payload) pairs computed as they stream: ``predictions``
         per chunk of inputs, ``forecast`` per chunk of closed-loop steps, then ``done``. The
         numbers are those of :meth:`predict` up to floating-point rounding."""
-        record = self._ready(model_id)
+        record, version = await self.resolve(model_id)
         self._check_width(record, inputs, "inputs")
         if horizon and record["input_dim"] != record["output_dim"]:
             raise InvalidRequest(
                 "Closed-loop forecasting needs output_dim == input_dim.", param="horizon"
             )
         self.budget.check(self._predict_cost(record, inputs, horizon), background=True)
-        model = self.store.load(model_id, record["version"])
-        return self._prediction_events(model, record["version"], inputs, horizon)
+        model = await self._estimator_of(record["id"], version)
+        return self._prediction_events(model, version, inputs, horizon)
 
     async def _prediction_events(
         self, model: DTESN, version: int, inputs: np.ndarray, horizon: int
@@ -577,12 +679,23 @@ class ModelService:
         yield "done", {"version": version, "steps": len(inputs), "horizon": horizon}
 
     async def update(
-        self, model_id: str, inputs: np.ndarray, targets: np.ndarray, warmup: int
+        self,
+        model_id: str,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        warmup: int,
+        *,
+        promote: bool = True,
+        creator: str | None = None,
     ) -> dict[str, Any]:
-        """An RLS update with new data; saves and returns the next version's record."""
+        """An RLS update of the version ``model_id`` names (production by default) with new
+        data: a new version (the latest + 1, its parent that one), ``production`` moved to it
+        when ``promote``. Returns the model's record."""
+        reference = model_id
+        model_id = parse_ref(reference).model_id
         lock = self._locks.setdefault(model_id, asyncio.Lock())
         async with lock:
-            record = self._ready(model_id)
+            record, base = await self.resolve(reference)
             self._check_width(record, inputs, "inputs")
             self._check_width(record, targets, "targets")
             if targets.shape[0] != inputs.shape[0]:
@@ -593,7 +706,7 @@ class ModelService:
                 len(inputs), input_dim=record["input_dim"], **_shape(record["config"])
             )
             self.budget.check(cost)
-            model = self.store.fresh_copy(model_id, record["version"])
+            model = await asyncio.to_thread(self.store.fresh_copy, model_id, base)
 
             def work() -> tuple[float, float]:
                 before = nrmse(model.predict(inputs)[warmup:], targets[warmup:])
@@ -603,19 +716,80 @@ class ModelService:
             before, after = await asyncio.to_thread(work)
             version = record["version"] + 1
             self.store.save_version(model_id, version, model)
+            metrics = {"rows": int(inputs.shape[0]), "nrmse_before": before, "nrmse_after": after}
+            await self._record_version(
+                record, version, parent=base, kind="rls_update", data=(inputs, targets),
+                metrics=metrics, creator=creator, promote=promote,
+            )  # fmt: skip
             record.update(version=version, updated=int(time.time()))
             record["versions"].append(
-                {
-                    "version": version,
-                    "kind": "rls_update",
-                    "created": record["updated"],
-                    "rows": int(inputs.shape[0]),
-                    "nrmse_before": before,
-                    "nrmse_after": after,
-                }
-            )
+                {"version": version, "kind": "rls_update", "created": record["updated"],
+                 "parent": base, **metrics}
+            )  # fmt: skip
             self.store.put_record(record)
             return record
+
+    # ---- versions and aliases -----------------------------------------------------------
+
+    def _registry(self) -> ModelVersions:
+        if self.versions is None:
+            raise Conflict("This server keeps no model registry.", code="registry_unavailable")
+        return self.versions
+
+    async def list_versions(self, model_id: str) -> list[dict[str, Any]]:
+        """Every version, oldest first, each with the aliases naming it."""
+        self.store.record(model_id)  # 404 for an unknown model
+        registry = self._registry()
+        aliased = await registry.aliased_versions(model_id)
+        return [
+            {**v.as_dict(), "aliases": sorted(aliased.get(v.version, []))}
+            for v in await registry.versions(model_id)
+        ]
+
+    async def get_version(self, model_id: str, version: int) -> dict[str, Any]:
+        self.store.record(model_id)
+        registry = self._registry()
+        found = await registry.version(model_id, version)
+        aliased = await registry.aliased_versions(model_id)
+        return {**found.as_dict(), "aliases": sorted(aliased.get(version, []))}
+
+    async def archive_version(self, model_id: str, version: int) -> dict[str, Any]:
+        """Delete a version's weights, keeping its record (409 while an alias names it)."""
+        self.store.record(model_id)
+        await self._registry().archive(model_id, version)
+        self.store.delete_version(model_id, version)
+        return await self.get_version(model_id, version)
+
+    async def list_aliases(self, model_id: str) -> list[dict[str, Any]]:
+        self.store.record(model_id)
+        return [alias.as_dict() for alias in await self._registry().aliases(model_id)]
+
+    async def move_alias(
+        self, model_id: str, alias: str, version: int, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Point ``alias`` at ``version``, loaded first: the first request after the move
+        does not wait for the weights, and never meets a half-loaded model."""
+        self._ready(model_id)
+        registry = self._registry()
+        await registry.version(model_id, version)  # 404, and 409 when archived, before
+        await registry.check_servable(model_id, version)  # the disk is touched
+        await self._estimator_of(model_id, version)
+        return (await registry.move(model_id, alias, version, actor=actor)).as_dict()
+
+    async def rollback_alias(
+        self, model_id: str, alias: str, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Point ``alias`` back at the version it named before its last move."""
+        self._ready(model_id)
+        registry = self._registry()
+        current = await registry.alias(model_id, alias, fresh=True)
+        if current is not None and current.previous is not None:
+            await self._estimator_of(model_id, current.previous)
+        return (await registry.rollback(model_id, alias, actor=actor)).as_dict()
+
+    async def delete_alias(self, model_id: str, alias: str) -> None:
+        self.store.record(model_id)
+        await self._registry().delete_alias(model_id, alias)
 
 
 def config_from_form(text: str | None) -> ModelConfig | str:

@@ -14,6 +14,7 @@ import re
 import shutil
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from dtecho.errors import NotFound
 __all__ = ["ModelStore", "atomic_write", "new_model_id"]
 
 _ID = re.compile(r"^dm-[0-9a-f]{16}$")
-KEEP_VERSIONS = 5
+LOADED_VERSIONS = 32  # estimators kept in memory, least recently used dropped first
 
 
 def _not_found(model_id: str) -> NotFound:
@@ -62,7 +63,9 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._loaded: dict[str, tuple[int, DTESN]] = {}
+        # (model id, version) -> estimator: versions are immutable, so several of one model
+        # (production, a candidate, pinned requests) stay loaded side by side.
+        self._loaded: OrderedDict[tuple[str, int], DTESN] = OrderedDict()
         self._lock = threading.Lock()
 
     def _dir(self, model_id: str) -> Path:
@@ -98,27 +101,50 @@ class ModelStore:
         return sorted(found, key=lambda r: (r["created"], r["id"]))
 
     def save_version(self, model_id: str, version: int, model: DTESN) -> None:
-        """Persist ``model`` as ``version`` and make it the cached current estimator."""
+        """Persist ``model`` as ``version`` (whole, or not at all) and keep it loaded."""
         directory = self._dir(model_id)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / f"v{version}.npz", model.save)
+        self._remember(model_id, version, model)
+
+    def _remember(self, model_id: str, version: int, model: DTESN) -> None:
         with self._lock:
-            self._loaded[model_id] = (version, model)
-        for old in directory.glob("v*.npz"):
-            number = old.stem[1:]
-            if number.isdigit() and int(number) <= version - KEEP_VERSIONS:
-                old.unlink(missing_ok=True)
+            self._loaded[(model_id, version)] = model
+            self._loaded.move_to_end((model_id, version))
+            while len(self._loaded) > LOADED_VERSIONS:
+                self._loaded.popitem(last=False)  # requests holding it keep their reference
+
+    def loaded(self, model_id: str, version: int) -> DTESN | None:
+        """The estimator of ``version`` if it is in memory (no disk access)."""
+        with self._lock:
+            model = self._loaded.get((model_id, version))
+            if model is not None:
+                self._loaded.move_to_end((model_id, version))
+            return model
 
     def load(self, model_id: str, version: int) -> DTESN:
-        """The estimator of ``version`` (cached after the first load)."""
-        with self._lock:
-            cached = self._loaded.get(model_id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        model = DTESN.load(self._dir(model_id) / f"v{version}.npz")
-        with self._lock:
-            self._loaded[model_id] = (version, model)
+        """The estimator of ``version`` (cached after the first load; reads a file, so call
+        it from a worker thread when :meth:`loaded` has not got it)."""
+        model = self.loaded(model_id, version)
+        if model is not None:
+            return model
+        path = self._dir(model_id) / f"v{version}.npz"
+        try:
+            model = DTESN.load(path)
+        except FileNotFoundError:
+            raise NotFound(
+                f"Version {version} of '{model_id}' has no weights (archived or deleted).",
+                param="version",
+                code="version_not_found",
+            ) from None
+        self._remember(model_id, version, model)
         return model
+
+    def delete_version(self, model_id: str, version: int) -> None:
+        """Delete one version's weights (its record stays, archived)."""
+        with self._lock:
+            self._loaded.pop((model_id, version), None)
+        (self._dir(model_id) / f"v{version}.npz").unlink(missing_ok=True)
 
     def fresh_copy(self, model_id: str, version: int) -> DTESN:
         """An independent estimator of ``version``, safe to mutate."""
@@ -131,5 +157,6 @@ class ModelStore:
                 f"No DTESN model '{model_id}'.", param="model_id", code="model_not_found"
             )
         with self._lock:
-            self._loaded.pop(model_id, None)
+            for key in [key for key in self._loaded if key[0] == model_id]:
+                del self._loaded[key]
         shutil.rmtree(directory)

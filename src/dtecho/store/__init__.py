@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from dtecho.store.model_versions import VersionRepository
 from dtecho.store.repositories import AuditRepository, KeyRepository, UsageRepository
 
 __all__ = ["AuditRepository", "KeyRepository", "Store", "UsageRepository"]
@@ -34,6 +35,7 @@ class Store:
     keys: KeyRepository
     usage: UsageRepository
     audit: AuditRepository
+    versions: VersionRepository
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -65,6 +67,7 @@ class Store:
         self.keys = KeyRepository(engine)
         self.usage = UsageRepository(engine)
         self.audit = AuditRepository(engine)
+        self.versions = VersionRepository(engine)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -16,7 +16,15 @@ from sqlalchemy import (
     Table,
 )
 
-__all__ = ["api_key_secrets", "api_keys", "audit_log", "metadata", "usage_daily"]
+__all__ = [
+    "api_key_secrets",
+    "api_keys",
+    "audit_log",
+    "metadata",
+    "model_aliases",
+    "model_versions",
+    "usage_daily",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -87,3 +95,32 @@ audit_log = Table(
 )
 
 Index("ix_usage_daily_day", usage_daily.c.day)
+
+# The model registry: every version of a trained model, immutable once written (its weights
+# are a file in the data directory); aliases name versions and move atomically (0005).
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("model_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("parent", Integer),  # the version it was updated from; None for a fit
+    Column("kind", String(32), nullable=False),  # fit, tune, rls_update, learner
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("creator", String(300)),  # the principal that made it
+    Column("config", JSON, nullable=False),
+    Column("data_fingerprint", String(64), nullable=False),  # SHA-256 of the training rows
+    Column("metrics", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # available, archived (weights deleted)
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model_id", String(64), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("previous", Integer),  # what it pointed at before the last move (rollback)
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(300)),
+    Column("generation", Integer, nullable=False),  # +1 per move: compare-and-set
+)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dtecho.modules.base import Module
 from dtecho.modules.types.inference import CACHE_SCOPE
+from dtecho.registry.versions import ModelVersions
 from dtecho.services.dtesn_models import ModelService
 
 __all__ = ["DTESN_MODELS_OVERRIDE", "DtesnModule", "DtesnModuleConfig"]
@@ -44,6 +45,9 @@ class DtesnModule(Module):
             self.context.services.batch_metrics.get("dtesn_predict"),
             limits=settings.work_limits,
         )
+        store = self.context.services.store
+        if store is not None:  # the project's versions and aliases live in the server's store
+            self.service.attach_versions(ModelVersions(store.versions))
         key = f"{self.context.project}/{self.context.module}".encode()
         self._overrides = {
             DTESN_MODELS_OVERRIDE: self.service,

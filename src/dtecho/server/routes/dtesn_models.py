@@ -6,15 +6,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from dtecho.errors import InvalidRequest
-from dtecho.protocol.dtesn import PredictRequest, TrainRequest, UpdateRequest
-from dtecho.protocol.dtesn_results import DeletedModel, DtesnModel, DtesnModelList, Prediction
+from dtecho.protocol.dtesn import MoveAliasRequest, PredictRequest, TrainRequest, UpdateRequest
+from dtecho.protocol.dtesn_results import (
+    DeletedModel,
+    DtesnModel,
+    DtesnModelList,
+    ModelAlias,
+    ModelAliasList,
+    ModelVersion,
+    ModelVersionList,
+    Prediction,
+)
 from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
+from dtecho.registry.versions import ALIAS_PATTERN
 from dtecho.server.caching import CACHE_HEADER
 from dtecho.server.negotiation import render
 from dtecho.server.openapi import CACHE_HEADERS, errors, event_stream, negotiated, success
@@ -22,6 +32,7 @@ from dtecho.server.state import get_state, request_dtesn_models
 from dtecho.services.dtesn_models import config_from_form, parse_table, tune_from_form
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
+VERSION_HEADER = "x-dtecho-model-version"  # the version that answered a prediction
 
 
 def _validated(model: type, data: Any) -> Any:
@@ -134,7 +145,8 @@ async def create_dtesn_model(request: Request) -> JSONResponse:
     and seed in ``tune``). Large trainings and searches answer 202 at once; poll ``GET
     /v1/dtesn/models/{id}`` or follow ``GET /v1/dtesn/models/{id}/events``."""
     train, inputs, targets = await _training_data(request)
-    record, background = await request_dtesn_models(request).train(train, inputs, targets)
+    service = request_dtesn_models(request)
+    record, background = await service.train(train, inputs, targets, _principal_id(request))
     return JSONResponse(record, status_code=202 if background else 201)
 
 
@@ -189,7 +201,7 @@ async def dtesn_model_events(model_id: str, request: Request) -> StreamingRespon
 async def delete_dtesn_model(model_id: str, request: Request) -> dict[str, Any]:
     """Delete the model and every cached prediction of it."""
     state = get_state(request)
-    request_dtesn_models(request).delete(model_id)
+    await request_dtesn_models(request).delete(model_id)
     await state.cache.cache.invalidate_model(model_id)
     return {"id": model_id, "object": "dtesn.model.deleted", "deleted": True}
 
@@ -209,7 +221,10 @@ async def delete_dtesn_model(model_id: str, request: Request) -> dict[str, Any]:
 )
 async def predict_dtesn_model(model_id: str, body: PredictRequest, request: Request) -> Response:
     """Teacher-forced predictions for ``inputs`` and an optional closed-loop ``horizon``;
-    with ``stream`` as Server-Sent Events (``predictions`` and ``forecast`` chunks, ``done``)."""
+    with ``stream`` as Server-Sent Events (``predictions`` and ``forecast`` chunks, ``done``).
+
+    ``model_id`` may name a version: ``dm-…@3``, or an alias, ``dm-…@candidate``; the bare
+    id is the ``production`` alias (the latest version when none is set)."""
     service = request_dtesn_models(request)
     inputs = np.asarray(body.inputs, float)
     if body.stream:
@@ -224,30 +239,127 @@ async def predict_dtesn_model(model_id: str, body: PredictRequest, request: Requ
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
     cache = get_state(request).cache
-    # The version is part of the key: an update makes new keys, never a stale answer.
-    version = service.get(model_id)["version"]
+    # Resolved once: the request finishes on this version whatever an alias does meanwhile.
+    # The version is part of the key: an update or a move makes new keys, never stale ones.
+    record, version = await service.resolve(model_id)
+    bare = record["id"]
     key = cache.request_key(
-        request, body, "/v1/dtesn/models/predict", model_id,
+        request, body, "/v1/dtesn/models/predict", bare,
         version=version, exclude=frozenset({"stream"}),
     )  # fmt: skip
     encoded, tier = await cache.json(
         key,
-        lambda: service.predict(model_id, inputs, body.horizon),
+        lambda: service.predict(bare, inputs, body.horizon, version=version),
         tags=body.invalidation_tags,
-        model=model_id,
+        model=bare,
     )
-    return Response(encoded, media_type="application/json", headers={CACHE_HEADER: tier})
+    headers = {CACHE_HEADER: tier, VERSION_HEADER: str(version)}
+    return Response(encoded, media_type="application/json", headers=headers)
 
 
 @router.post("/{model_id}/update", responses={**success(DtesnModel), **errors(404, 409)})
 async def update_dtesn_model(
     model_id: str, body: UpdateRequest, request: Request
 ) -> dict[str, Any]:
-    """An online recursive-least-squares update; bumps the model's version (so cached
-    predictions of the old version are never served, and are dropped everywhere)."""
+    """An online recursive-least-squares update of the version ``model_id`` names (``dm-…``:
+    production; ``dm-…@3``, ``dm-…@alias``): a new version whose parent it is, made
+    ``production`` unless ``promote`` is false. Cached predictions are keyed by version."""
     state = get_state(request)
-    record = await request_dtesn_models(request).update(
-        model_id, np.asarray(body.inputs, float), np.asarray(body.targets, float), body.warmup
+    service = request_dtesn_models(request)
+    record = await service.update(
+        model_id,
+        np.asarray(body.inputs, float),
+        np.asarray(body.targets, float),
+        body.warmup,
+        promote=body.promote,
+        creator=_principal_id(request),
     )
-    await state.cache.cache.invalidate_model(model_id)
+    await state.cache.cache.invalidate_model(record["id"])
     return record
+
+
+def _principal_id(request: Request) -> str | None:
+    principal = request.scope.get("state", {}).get("principal")
+    return principal.id if principal is not None else None
+
+
+def _bare(model_id: str) -> str:
+    """Version and alias routes name the model itself, not one of its versions."""
+    if "@" in model_id:
+        raise InvalidRequest(f"'{model_id}': name the model without '@…' here.", param="model_id")
+    return model_id
+
+
+_VERSION_PATH = Path(ge=1, le=2**31 - 1, description="A version number of the model.")
+_ALIAS_PATH = Path(pattern=ALIAS_PATTERN, description="An alias name, e.g. production.")
+
+
+@router.get("/{model_id}/versions", responses={**success(ModelVersionList), **errors(404)})
+async def list_dtesn_model_versions(model_id: str, request: Request) -> dict[str, Any]:
+    """Every version of the model, oldest first: parent, kind, config, training-data
+    fingerprint, metrics, creator, status and the aliases naming it."""
+    data = await request_dtesn_models(request).list_versions(_bare(model_id))
+    return {"object": "list", "data": data}
+
+
+@router.get("/{model_id}/versions/{version}", responses={**success(ModelVersion), **errors(404)})
+async def get_dtesn_model_version(
+    model_id: str, request: Request, version: int = _VERSION_PATH
+) -> dict[str, Any]:
+    """One version of the model."""
+    return await request_dtesn_models(request).get_version(_bare(model_id), version)
+
+
+@router.delete(
+    "/{model_id}/versions/{version}", responses={**success(ModelVersion), **errors(404, 409)}
+)
+async def archive_dtesn_model_version(
+    model_id: str, request: Request, version: int = _VERSION_PATH
+) -> dict[str, Any]:
+    """Archive a version: its weights are deleted, its record stays (409 while an alias
+    names it; move the alias first)."""
+    found = await request_dtesn_models(request).archive_version(_bare(model_id), version)
+    await get_state(request).cache.cache.invalidate_model(model_id)
+    return found
+
+
+@router.get("/{model_id}/aliases", responses={**success(ModelAliasList), **errors(404)})
+async def list_dtesn_model_aliases(model_id: str, request: Request) -> dict[str, Any]:
+    """The model's aliases and the versions they name."""
+    data = await request_dtesn_models(request).list_aliases(_bare(model_id))
+    return {"object": "list", "data": data}
+
+
+@router.put("/{model_id}/aliases/{alias}", responses={**success(ModelAlias), **errors(404, 409)})
+async def move_dtesn_model_alias(
+    model_id: str, body: MoveAliasRequest, request: Request, alias: str = _ALIAS_PATH
+) -> dict[str, Any]:
+    """Point ``alias`` at a version (creating it): atomic, and every replica sees it; the
+    version is loaded before the move, and requests already running finish on the version
+    they started with. 409 when another writer moved it meanwhile."""
+    service = request_dtesn_models(request)
+    return await service.move_alias(
+        _bare(model_id), alias, body.version, actor=_principal_id(request)
+    )
+
+
+@router.post(
+    "/{model_id}/aliases/{alias}/rollback",
+    responses={**success(ModelAlias), **errors(404, 409)},
+)
+async def rollback_dtesn_model_alias(
+    model_id: str, request: Request, alias: str = _ALIAS_PATH
+) -> dict[str, Any]:
+    """Point ``alias`` back at the version it named before its last move (409 when it has
+    not moved)."""
+    service = request_dtesn_models(request)
+    return await service.rollback_alias(_bare(model_id), alias, actor=_principal_id(request))
+
+
+@router.delete("/{model_id}/aliases/{alias}", status_code=204, responses=errors(404))
+async def delete_dtesn_model_alias(
+    model_id: str, request: Request, alias: str = _ALIAS_PATH
+) -> Response:
+    """Remove an alias (the version stays)."""
+    await request_dtesn_models(request).delete_alias(_bare(model_id), alias)
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""The model lifecycle: versions and aliases, experiments, continuous learning, drift."""
