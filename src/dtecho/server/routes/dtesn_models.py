@@ -283,64 +283,62 @@ def _principal_id(request: Request) -> str | None:
     return principal.id if principal is not None else None
 
 
-def _bare(model_id: str) -> str:
-    """Version and alias routes name the model itself, not one of its versions."""
-    if "@" in model_id:
-        raise InvalidRequest(f"'{model_id}': name the model without '@…' here.", param="model_id")
-    return model_id
-
-
+# Version and alias routes name the model itself, not one of its versions: no '@…'.
+_MODEL_PATH = Path(pattern=r"^[^@]+$", description="The model's id (dm-…), without '@…'.")
 _VERSION_PATH = Path(ge=1, le=2**31 - 1, description="A version number of the model.")
 _ALIAS_PATH = Path(pattern=ALIAS_PATTERN, description="An alias name, e.g. production.")
 
 
 @router.get("/{model_id}/versions", responses={**success(ModelVersionList), **errors(404)})
-async def list_dtesn_model_versions(model_id: str, request: Request) -> dict[str, Any]:
+async def list_dtesn_model_versions(
+    request: Request, model_id: str = _MODEL_PATH
+) -> dict[str, Any]:
     """Every version of the model, oldest first: parent, kind, config, training-data
     fingerprint, metrics, creator, status and the aliases naming it."""
-    data = await request_dtesn_models(request).list_versions(_bare(model_id))
+    data = await request_dtesn_models(request).list_versions(model_id)
     return {"object": "list", "data": data}
 
 
 @router.get("/{model_id}/versions/{version}", responses={**success(ModelVersion), **errors(404)})
 async def get_dtesn_model_version(
-    model_id: str, request: Request, version: int = _VERSION_PATH
+    request: Request, model_id: str = _MODEL_PATH, version: int = _VERSION_PATH
 ) -> dict[str, Any]:
     """One version of the model."""
-    return await request_dtesn_models(request).get_version(_bare(model_id), version)
+    return await request_dtesn_models(request).get_version(model_id, version)
 
 
 @router.delete(
     "/{model_id}/versions/{version}", responses={**success(ModelVersion), **errors(404, 409)}
 )
 async def archive_dtesn_model_version(
-    model_id: str, request: Request, version: int = _VERSION_PATH
+    request: Request, model_id: str = _MODEL_PATH, version: int = _VERSION_PATH
 ) -> dict[str, Any]:
     """Archive a version: its weights are deleted, its record stays (409 while an alias
     names it; move the alias first)."""
-    found = await request_dtesn_models(request).archive_version(_bare(model_id), version)
+    found = await request_dtesn_models(request).archive_version(model_id, version)
     await get_state(request).cache.cache.invalidate_model(model_id)
     return found
 
 
 @router.get("/{model_id}/aliases", responses={**success(ModelAliasList), **errors(404)})
-async def list_dtesn_model_aliases(model_id: str, request: Request) -> dict[str, Any]:
+async def list_dtesn_model_aliases(request: Request, model_id: str = _MODEL_PATH) -> dict[str, Any]:
     """The model's aliases and the versions they name."""
-    data = await request_dtesn_models(request).list_aliases(_bare(model_id))
+    data = await request_dtesn_models(request).list_aliases(model_id)
     return {"object": "list", "data": data}
 
 
 @router.put("/{model_id}/aliases/{alias}", responses={**success(ModelAlias), **errors(404, 409)})
 async def move_dtesn_model_alias(
-    model_id: str, body: MoveAliasRequest, request: Request, alias: str = _ALIAS_PATH
+    body: MoveAliasRequest,
+    request: Request,
+    model_id: str = _MODEL_PATH,
+    alias: str = _ALIAS_PATH,
 ) -> dict[str, Any]:
     """Point ``alias`` at a version (creating it): atomic, and every replica sees it; the
     version is loaded before the move, and requests already running finish on the version
     they started with. 409 when another writer moved it meanwhile."""
     service = request_dtesn_models(request)
-    return await service.move_alias(
-        _bare(model_id), alias, body.version, actor=_principal_id(request)
-    )
+    return await service.move_alias(model_id, alias, body.version, actor=_principal_id(request))
 
 
 @router.post(
@@ -348,18 +346,18 @@ async def move_dtesn_model_alias(
     responses={**success(ModelAlias), **errors(404, 409)},
 )
 async def rollback_dtesn_model_alias(
-    model_id: str, request: Request, alias: str = _ALIAS_PATH
+    request: Request, model_id: str = _MODEL_PATH, alias: str = _ALIAS_PATH
 ) -> dict[str, Any]:
     """Point ``alias`` back at the version it named before its last move (409 when it has
     not moved)."""
     service = request_dtesn_models(request)
-    return await service.rollback_alias(_bare(model_id), alias, actor=_principal_id(request))
+    return await service.rollback_alias(model_id, alias, actor=_principal_id(request))
 
 
 @router.delete("/{model_id}/aliases/{alias}", status_code=204, responses=errors(404))
 async def delete_dtesn_model_alias(
-    model_id: str, request: Request, alias: str = _ALIAS_PATH
+    request: Request, model_id: str = _MODEL_PATH, alias: str = _ALIAS_PATH
 ) -> Response:
     """Remove an alias (the version stays)."""
-    await request_dtesn_models(request).delete_alias(_bare(model_id), alias)
+    await request_dtesn_models(request).delete_alias(model_id, alias)
     return Response(status_code=204)
