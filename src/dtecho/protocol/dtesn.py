@@ -13,6 +13,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from dtecho.dtesn import bseries
@@ -24,8 +25,11 @@ __all__ = [
     "SERIES_SCHEMA",
     "BatchRequest",
     "DtesnChatRequest",
+    "ExperimentAnalysis",
+    "ExperimentRequest",
     "ModelConfig",
     "MoveAliasRequest",
+    "ObservationRequest",
     "PredictRequest",
     "ProcessForm",
     "ProcessOptions",
@@ -426,6 +430,75 @@ class UpdateRequest(BaseModel):
     )
 
     _series = field_validator("inputs", "targets")(lambda cls, v: _as_matrix(v))
+
+
+class ExperimentAnalysis(BaseModel):
+    """How an experiment is checked, and when it rolls back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_seconds: Float = Field(10.0, ge=0.1, le=86400, description="Between checks.")
+    min_samples: Int = Field(30, ge=2, le=10**9, description="Values per arm before a test.")
+    max_failed_checks: Int = Field(3, ge=1, le=1000, description="Failed checks in a row "
+                                   "that roll the experiment back.")  # fmt: skip
+    alpha: Float = Field(0.05, gt=0, lt=1, description="Level of the sequential tests.")
+    max_latency_ratio: Float = Field(
+        3.0, gt=1, le=1000, description="Candidate mean latency over the control's that fails."
+    )
+
+
+class ExperimentRequest(BaseModel):
+    """``POST /v1/dtesn/models/{id}/experiments``: a control and a candidate version."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"candidate": "candidate", "candidate_share": 0.2, "mode": "split"}]
+        },
+    )
+
+    name: str | None = Field(None, max_length=200)
+    control: Int | str = Field(
+        "production", description="A version number or an alias (resolved when it starts)."
+    )
+    candidate: Int | str = Field(description="A version number or an alias.")
+    mode: Literal["split", "shadow"] = Field(
+        "split",
+        description="split: the candidate answers candidate_share of the units; shadow: the "
+        "control answers all, candidate_share of the units is mirrored to the candidate and "
+        "its answers are recorded, never returned.",
+    )
+    candidate_share: Float = Field(0.1, ge=0, le=1)
+    analysis: ExperimentAnalysis = Field(default_factory=ExperimentAnalysis)
+
+
+class ObservationRequest(BaseModel):
+    """``POST /v1/dtesn/models/{id}/observations``: ground truth for predictions."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": [0.8, 0.9], "targets": [0.9, 1.0]}]},
+    )
+
+    inputs: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] | None = Field(
+        None, description="The inputs the targets belong to (scored on every arm)."
+    )
+    targets: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] = Field(
+        description="The true outputs, one row per predicted row."
+    )
+    request_id: str | None = Field(
+        None, max_length=128, description="The x-request-id of the prediction they answer."
+    )
+
+    _series = field_validator("inputs", "targets")(lambda cls, v: v if v is None else _as_matrix(v))
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> ObservationRequest:
+        if self.inputs is None and self.request_id is None:
+            raise ValueError("give inputs, or the request_id of the prediction they answer")
+        if self.inputs is not None and len(self.inputs) != len(self.targets):
+            raise ValueError("inputs and targets differ in length")
+        return self
 
 
 class MoveAliasRequest(BaseModel):

@@ -24,11 +24,14 @@ __all__ = [
     "DeletedModel",
     "DtesnModel",
     "DtesnModelList",
+    "Experiment",
+    "ExperimentList",
     "Membrane",
     "ModelAlias",
     "ModelAliasList",
     "ModelVersion",
     "ModelVersionList",
+    "Observation",
     "Prediction",
     "ProcessResult",
 ]
@@ -247,3 +250,40 @@ class ModelAliasList(BaseModel):
 
     object: Literal["list"]
     data: list[ModelAlias]
+
+
+class Experiment(BaseModel):
+    """An experiment: its definition (arms pinned to versions), status and analyses."""
+
+    model_config = _OPEN
+
+    object: Literal["dtesn.experiment"]
+    id: str
+    model: str
+    name: str | None
+    status: Literal["running", "stopped", "rolled_back"]
+    spec: dict[str, Any]
+    created: int
+    created_by: str | None
+    ended: int | None
+    reason: str | None
+    analysis: dict[str, Any] = Field(description="The last check, by the replica that ran it.")
+
+
+class ExperimentList(BaseModel):
+    model_config = _OPEN
+
+    object: Literal["list"]
+    data: list[Experiment]
+
+
+class Observation(BaseModel):
+    """What an observation was scored against: the experiment and each arm's mean squared
+    error on it (null where only a request's answer was scored)."""
+
+    model_config = _OPEN
+
+    object: Literal["dtesn.observation"]
+    model: str
+    experiment: str | None
+    scored: dict[str, float | None]

@@ -74,6 +74,7 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
 
     await start_gateway(state, stack)
     state.dtesn_models.attach_versions(ModelVersions(state.store.versions))
+    await _start_experiments(state, stack)
     await _share_breakers(state, stack)
     await state.cache.cache.start()  # never fails for Redis trouble: L1/L2 serve meanwhile
     stack.push_async_callback(state.cache.cache.close)
@@ -83,6 +84,28 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
     stack.push_async_callback(state.dtesn_models.close)
     await start_front_door(state, stack)  # after the store and models its modules use
     await _start_history(state, stack)
+
+
+async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
+    """Experiments on trained models, analysed in the background; their events audited."""
+    from dtecho.services.experiments import ExperimentService
+
+    def audit(action: str, details: dict[str, Any]) -> None:
+        if state.gateway is not None:
+            actor = details.pop("actor", None) or "dtecho"
+            state.gateway.audit.record(action, "success", actor=actor,
+                                       target=details.get("experiment"), **details)  # fmt: skip
+
+    service = ExperimentService(state.dtesn_models, state.store.experiments, on_event=audit)
+    await service.start()
+    stack.push_async_callback(service.close)
+    state.dtesn_models.experiments = service
+    state.metrics.watch_counters(
+        "dtecho_experiment_events",
+        "Experiments on trained models by event: started, stopped, rolled_back.",
+        ("event",),
+        lambda: service.counts,
+    )
 
 
 def _watch_tracing(state: ServerState) -> None:

@@ -59,6 +59,34 @@ class PageRenderer:
         length = len(preview["target"]) if preview else 0
         return self.render("dtesn_model.html", model=record, plot=plot, preview_length=length)
 
+    def experiment(self, experiment: dict[str, Any]) -> str:
+        return self.render("experiment.html", experiment=experiment, charts=_arm_charts(experiment))
+
+
+def _arm_charts(experiment: dict[str, Any]) -> dict[str, Any]:
+    """Each arm's error rate, latency and squared error over the experiment's checks."""
+    history = (experiment.get("live") or {}).get("history") or (
+        experiment.get("analysis") or {}
+    ).get("history", [])
+    if not history:
+        return {}
+    at = [point["at"] for point in history]
+    now = max(at)
+    window = max(now - min(at), 1.0)
+
+    def chart(field: str) -> Any:
+        series = {
+            arm: [point["arms"][arm].get(field) for point in history]
+            for arm in ("control", "candidate")
+        }
+        return time_chart(at, series, now=now, window_seconds=window)
+
+    return {
+        "error_rate": chart("error_rate"),
+        "latency": chart("mean_latency_ms"),
+        "mse": chart("mse"),
+    }
+
 
 def _live_charts(live: dict[str, Any]) -> dict[str, Any]:
     """The status page's charts over the history's window (see ``MetricsHistory.series``)."""

@@ -215,6 +215,7 @@ class ModelService:
         # The registry (versions and aliases in the store), attached once the store is open;
         # without it a model is its latest version.
         self.versions: ModelVersions | None = None
+        self.experiments: Any = None  # dtecho.services.experiments.ExperimentService
         self.keep_versions = keep_versions  # unaliased versions kept; older ones archived
         self.budget = WorkBudget(limits.max_sync_cost, limits.max_background_cost)
         self.store = ModelStore(data_dir / "dtesn-models")
@@ -770,6 +771,7 @@ class ModelService:
         """Point ``alias`` at ``version``, loaded first: the first request after the move
         does not wait for the weights, and never meets a half-loaded model."""
         self._ready(model_id)
+        self._check_not_in_experiment(model_id, alias)
         registry = self._registry()
         await registry.version(model_id, version)  # 404, and 409 when archived, before
         await registry.check_servable(model_id, version)  # the disk is touched
@@ -781,6 +783,7 @@ class ModelService:
     ) -> dict[str, Any]:
         """Point ``alias`` back at the version it named before its last move."""
         self._ready(model_id)
+        self._check_not_in_experiment(model_id, alias)
         registry = self._registry()
         current = await registry.alias(model_id, alias, fresh=True)
         if current is not None and current.previous is not None:
@@ -789,7 +792,18 @@ class ModelService:
 
     async def delete_alias(self, model_id: str, alias: str) -> None:
         self.store.record(model_id)
+        self._check_not_in_experiment(model_id, alias)
         await self._registry().delete_alias(model_id, alias)
+
+    def _check_not_in_experiment(self, model_id: str, alias: str) -> None:
+        """A running experiment pinned its arms when it started; moving the alias one was
+        named by would make the experiment's name lie (409: stop it first)."""
+        if self.experiments is not None and alias in self.experiments.aliases_in_use(model_id):
+            raise Conflict(
+                f"Alias '{alias}' is an arm of a running experiment of '{model_id}'; stop "
+                "the experiment (or let it end) first.",
+                code="alias_in_experiment",
+            )
 
 
 def config_from_form(text: str | None) -> ModelConfig | str:

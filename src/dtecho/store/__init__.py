@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from dtecho.store.experiments import ExperimentRepository
 from dtecho.store.model_versions import VersionRepository
 from dtecho.store.repositories import AuditRepository, KeyRepository, UsageRepository
 
@@ -36,6 +37,7 @@ class Store:
     usage: UsageRepository
     audit: AuditRepository
     versions: VersionRepository
+    experiments: ExperimentRepository
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -68,6 +70,7 @@ class Store:
         self.usage = UsageRepository(engine)
         self.audit = AuditRepository(engine)
         self.versions = VersionRepository(engine)
+        self.experiments = ExperimentRepository(engine)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -20,6 +20,7 @@ __all__ = [
     "api_key_secrets",
     "api_keys",
     "audit_log",
+    "experiments",
     "metadata",
     "model_aliases",
     "model_versions",
@@ -123,4 +124,21 @@ model_aliases = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("updated_by", String(300)),
     Column("generation", Integer, nullable=False),  # +1 per move: compare-and-set
+)
+
+# Experiments on a trained model: control and candidate versions (a split or a shadow),
+# analysed as they run; a rollback is recorded here for every replica to see (0006).
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model_id", String(64), nullable=False, index=True),
+    Column("name", String(200)),
+    Column("status", String(20), nullable=False),  # running, stopped, rolled_back
+    Column("spec", JSON, nullable=False),  # variants, mode, shares, unit, analysis settings
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(300)),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("reason", String(1000)),  # why it ended
+    Column("analysis", JSON, nullable=False),  # the last analysis, by the replica that made it
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,16 +12,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from dtecho.errors import InvalidRequest
-from dtecho.protocol.dtesn import MoveAliasRequest, PredictRequest, TrainRequest, UpdateRequest
+from dtecho.errors import Conflict, InvalidRequest, NotFound
+from dtecho.protocol.dtesn import (
+    ExperimentRequest,
+    MoveAliasRequest,
+    ObservationRequest,
+    PredictRequest,
+    TrainRequest,
+    UpdateRequest,
+)
 from dtecho.protocol.dtesn_results import (
     DeletedModel,
     DtesnModel,
     DtesnModelList,
+    Experiment,
+    ExperimentList,
     ModelAlias,
     ModelAliasList,
     ModelVersion,
     ModelVersionList,
+    Observation,
     Prediction,
 )
 from dtecho.protocol.sse import SSE_HEADERS, sse_comment, sse_event
@@ -32,6 +43,8 @@ from dtecho.server.state import get_state, request_dtesn_models
 from dtecho.services.dtesn_models import config_from_form, parse_table, tune_from_form
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
+# Routes that name the model itself, not one of its versions: no '@…'.
+_MODEL_PATH_EARLY = Path(pattern=r"^[^@]+$", description="The model's id (dm-…), without '@…'.")
 VERSION_HEADER = "x-dtecho-model-version"  # the version that answered a prediction
 
 
@@ -238,6 +251,9 @@ async def predict_dtesn_model(model_id: str, body: PredictRequest, request: Requ
                 await events.aclose()  # type: ignore[attr-defined]
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+    experiment = _experiment_of(service, model_id)
+    if experiment is not None:
+        return await _predict_in_experiment(service, experiment, inputs, body.horizon, request)
     cache = get_state(request).cache
     # Resolved once: the request finishes on this version whatever an alias does meanwhile.
     # The version is part of the key: an update or a move makes new keys, never stale ones.
@@ -278,13 +294,134 @@ async def update_dtesn_model(
     return record
 
 
+VARIANT_HEADER = "x-dtecho-variant"  # the experiment's arm that answered
+UNIT_HEADER = b"x-dtecho-unit"  # what keeps a caller in one arm (else its principal)
+
+
+def _experiment_of(service: Any, model_id: str) -> Any:
+    """The running experiment that routes this request: the bare model id only (a pinned
+    ``@version`` or ``@alias`` is answered by what it names)."""
+    if service.experiments is None or "@" in model_id:
+        return None
+    return service.experiments.running(model_id)
+
+
+def _unit(request: Request) -> str:
+    for name, value in request.scope["headers"]:
+        if name == UNIT_HEADER and value:
+            return value.decode("latin-1")
+    principal = _principal_id(request)
+    if principal is not None and principal != "anonymous":
+        return principal
+    client = request.client
+    return f"ip:{client.host}" if client else "anonymous"
+
+
+async def _predict_in_experiment(
+    service: Any, experiment: Any, inputs: np.ndarray, horizon: int, request: Request
+) -> Response:
+    """Answer from the caller's arm, record it, mirror it to a shadow; never cached (the
+    arms' latencies are what the experiment compares)."""
+    unit = _unit(request)
+    arm = experiment.choose(unit)
+    request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    started = time.perf_counter()
+    try:
+        answer = await service.predict(
+            experiment.model_id, inputs, horizon, version=experiment.version_of(arm)
+        )
+    except Exception:
+        experiment.record(arm, (time.perf_counter() - started) * 1e3, True)
+        raise
+    experiment.record(arm, (time.perf_counter() - started) * 1e3, False)
+    experiment.remember(request_id, arm, np.asarray(answer["predictions"]))
+    if experiment.mirrored(unit):
+        service.experiments.mirror(experiment, inputs, horizon, request_id)
+    headers = {
+        VERSION_HEADER: str(answer["version"]),
+        VARIANT_HEADER: arm,
+        "x-dtecho-experiment": experiment.id,
+    }
+    return JSONResponse(answer, headers=headers)
+
+
+def _experiments(request: Request) -> Any:
+    service = request_dtesn_models(request).experiments
+    if service is None:
+        raise Conflict("This server runs no experiments.", code="experiments_unavailable")
+    return service
+
+
+@router.post(
+    "/{model_id}/experiments",
+    status_code=201,
+    responses={**success(Experiment, status=201), **errors(404, 409)},
+)
+async def create_dtesn_model_experiment(
+    body: ExperimentRequest, request: Request, model_id: str = _MODEL_PATH_EARLY
+) -> dict[str, Any]:
+    """Start an experiment: the bare model id's requests are then answered by the control
+    or (for ``candidate_share`` of the units, sticky by ``x-dtecho-unit`` or the principal)
+    the candidate, which a ``shadow`` experiment only mirrors. Checked every
+    ``analysis.interval_seconds``; rolled back after ``max_failed_checks`` failed checks."""
+    return await _experiments(request).create(model_id, body, _principal_id(request))
+
+
+@router.get("/{model_id}/experiments", responses={**success(ExperimentList), **errors(404)})
+async def list_dtesn_model_experiments(
+    request: Request, model_id: str = _MODEL_PATH_EARLY
+) -> dict[str, Any]:
+    """The model's experiments, newest first."""
+    return {"object": "list", "data": await _experiments(request).list(model_id)}
+
+
+@router.get(
+    "/{model_id}/experiments/{experiment_id}",
+    response_class=Response,
+    responses={**success(Experiment), **errors(404)},
+)
+async def get_dtesn_model_experiment(
+    experiment_id: str, request: Request, model_id: str = _MODEL_PATH_EARLY
+) -> Response:
+    """One experiment: its definition, status, last analysis and this replica's numbers
+    per arm (``Accept: text/html``: its page, with the arms over time)."""
+    found = await _experiments(request).get(experiment_id)
+    if found["model"] != model_id:
+        raise NotFound(f"No experiment '{experiment_id}' of '{model_id}'.",
+                       param="experiment_id", code="experiment_not_found")  # fmt: skip
+    state = get_state(request)
+    return render(request, found, page=lambda: state.pages.experiment(found), root="experiment")
+
+
+@router.post(
+    "/{model_id}/experiments/{experiment_id}/stop",
+    responses={**success(Experiment), **errors(404, 409)},
+)
+async def stop_dtesn_model_experiment(
+    experiment_id: str, request: Request, model_id: str = _MODEL_PATH_EARLY
+) -> dict[str, Any]:
+    """End the experiment: every request goes to the bare id's version again."""
+    return await _experiments(request).stop(experiment_id, _principal_id(request))
+
+
+@router.post("/{model_id}/observations", responses={**success(Observation), **errors(404, 409)})
+async def observe_dtesn_model(
+    body: ObservationRequest, request: Request, model_id: str = _MODEL_PATH_EARLY
+) -> dict[str, Any]:
+    """Ground truth: ``targets`` for the prediction that answered ``request_id`` (its
+    ``x-request-id``), and/or for ``inputs`` (scored on both arms of a running experiment)."""
+    inputs = np.asarray(body.inputs, float) if body.inputs is not None else None
+    return await _experiments(request).observe(
+        model_id, np.asarray(body.targets, float), inputs, body.request_id
+    )
+
+
 def _principal_id(request: Request) -> str | None:
     principal = request.scope.get("state", {}).get("principal")
     return principal.id if principal is not None else None
 
 
-# Version and alias routes name the model itself, not one of its versions: no '@…'.
-_MODEL_PATH = Path(pattern=r"^[^@]+$", description="The model's id (dm-…), without '@…'.")
+_MODEL_PATH = _MODEL_PATH_EARLY
 _VERSION_PATH = Path(ge=1, le=2**31 - 1, description="A version number of the model.")
 _ALIAS_PATH = Path(pattern=ALIAS_PATTERN, description="An alias name, e.g. production.")
 
