@@ -165,6 +165,7 @@ class DriftReport:
     alpha: float | None
     corrected_alpha: float | None
     wasserstein_threshold: float | None
+    p_value_method: PValueMethod = "stephens"
 
     @property
     def drifted(self) -> bool:
@@ -186,6 +187,7 @@ class DriftReport:
             "alpha": self.alpha,
             "corrected_alpha": self.corrected_alpha,
             "wasserstein_threshold": self.wasserstein_threshold,
+            "p_value_method": self.p_value_method,
             "columns": [c.to_dict() for c in self.columns],
         }
 
@@ -200,7 +202,7 @@ class DriftReport:
             alpha=data["alpha"],
             corrected_alpha=data["corrected_alpha"],
             wasserstein_threshold=data["wasserstein_threshold"],
-            p_value=data.get("p_value", "stephens"),
+            p_value_method=data.get("p_value_method", "stephens"),
         )
 
 
@@ -296,6 +298,7 @@ class InputDrift:
             alpha=self.alpha,
             corrected_alpha=corrected,
             wasserstein_threshold=self.wasserstein_threshold,
+            p_value_method=self.p_value,
         )
 
     def to_dict(self) -> dict[str, Any]:
