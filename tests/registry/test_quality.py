@@ -161,7 +161,12 @@ def test_schema_problems_are_reported_per_row_not_raised(gaussian_reference) -> 
         "inputs[7][2]: inf is not finite",
     ]
     kinds = [issue.kind for issue in report.issues]
-    assert kinds == ["schema", "not_a_number", "schema", "not_a_number", "not_a_number"] + [
+    assert kinds == [
+        "schema",
+        "not_a_number",
+        "schema",
+        "not_a_number",
+        "not_a_number",
         "schema",
         "non_finite",
         "non_finite",
@@ -221,7 +226,9 @@ def test_reference_and_report_survive_json(gaussian_reference) -> None:
     restored = Reference.from_dict(roundtrip(reference.to_dict()))
     assert restored.targets is not None and restored.targets.ndim == 1
     for field in ("minimum", "maximum", "mean", "std", "q_low", "q25", "q75", "q_high", "sample"):
-        np.testing.assert_array_equal(getattr(restored.inputs, field), getattr(reference.inputs, field))
+        np.testing.assert_array_equal(
+            getattr(restored.inputs, field), getattr(reference.inputs, field)
+        )
     rows = inputs[:200] * 3.0
     report = check_rows(reference, rows, targets[:200])
     assert check_rows(restored, rows, targets[:200]) == report

@@ -326,6 +326,8 @@ class ADWIN:
             "min_window": self.min_window,
             "detections": self.detections,
             "ticks": self._ticks,
+            "width": self._width,
+            "total": self._total,
             "rows": [[list(bucket) for bucket in row] for row in self._rows],
         }
 
@@ -346,9 +348,10 @@ class ADWIN:
         detector._rows = rows
         detector._ticks = int(data["ticks"])
         detector.detections = int(data["detections"])
-        buckets = detector._buckets_oldest_first()
-        detector._width = sum(size for size, _, _ in buckets)
-        detector._total = sum(s for _, s, _ in buckets)
+        detector._width = sum(size for size, _, _ in detector._buckets_oldest_first())
+        if detector._width != int(data["width"]):
+            raise ValueError("adwin state: the buckets do not add up to the width")
+        detector._total = float(data["total"])
         return detector
 
     def __repr__(self) -> str:
