@@ -213,6 +213,17 @@ def test_issues_beyond_max_issues_are_counted_not_listed(gaussian_reference) -> 
     assert len(report.anomalous) == 50
     assert len(report.issues) == 10 and report.issues_left_off == 140
     assert [i.row for i in report.issues] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    # The first by row, whatever the kind: schema, cell and target issues interleave.
+    rows = [[1e9, 0.0, 0.0], [0.0], [0.0, 0.0, 0.0], [0.0, 1e9, 0.0], "x"]
+    targets = [0.0, 0.0, 1e9, 0.0, 0.0]
+    report = check_rows(reference, rows, targets, max_issues=4)
+    assert [(i.row, i.field, i.kind) for i in report.issues] == [
+        (0, "inputs", "out_of_range"),
+        (1, "inputs", "schema"),
+        (2, "targets", "out_of_range"),
+        (3, "inputs", "out_of_range"),
+    ]
+    assert report.issues_left_off == 1 and report.anomalous == (0, 1, 2, 3, 4)
 
 
 def test_no_rows_give_an_empty_clean_report(gaussian_reference) -> None:

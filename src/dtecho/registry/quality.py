@@ -19,6 +19,7 @@ Everything here is NumPy, and every piece of state round-trips through JSON-safe
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -436,18 +437,19 @@ def check_rows(
         fields.append(("targets", reference.targets, targets))
 
     bad = np.zeros(n, dtype=bool)
-    issues: list[Issue] = []
+    streams: list[Iterator[Issue]] = []
     total = 0
     for field, profile, values in fields:
-        field_bad, field_total, field_issues = _check_field(
-            field, profile, values, n, rule, max_issues
-        )
+        field_bad, field_total, field_issues = _check_field(field, profile, values, n, rule)
         bad |= field_bad
         total += field_total
-        issues.extend(field_issues)
+        streams.append(field_issues)
     order = {name: i for i, (name, _, _) in enumerate(fields)}
-    issues.sort(key=lambda s: (s.row, order[s.field], -1 if s.column is None else s.column))
-    kept = tuple(issues[:max_issues])
+    merged = heapq.merge(
+        *streams,
+        key=lambda s: (s.row, order[s.field], -1 if s.column is None else s.column),
+    )
+    kept = tuple(islice(merged, max_issues))
     return QualityReport(
         n_rows=n,
         anomalous=tuple(int(i) for i in np.flatnonzero(bad)),
@@ -466,9 +468,10 @@ def _row_count(values: Any, field: str) -> int:
 
 
 def _check_field(
-    field: str, profile: Profile, values: Any, n: int, rule: RangeRule, max_issues: int
-) -> tuple[np.ndarray, int, list[Issue]]:
-    """(rows with an issue, how many issues in all, the first ``max_issues`` of them)."""
+    field: str, profile: Profile, values: Any, n: int, rule: RangeRule
+) -> tuple[np.ndarray, int, Iterator[Issue]]:
+    """(rows with an issue, how many issues in all, the issues by row and column — lazily,
+    so that only those kept are formatted)."""
     array = _as_matrix(values, profile)
     schema: list[Issue] = []
     if array is None:
@@ -494,10 +497,10 @@ def _check_field(
                 text = bounds.explain(value, col)
                 yield Issue(row, field, col, "out_of_range", f"{where}: {text}")
 
-    # Each field keeps its first max_issues; check_rows merges them by row and cuts again.
-    issues = schema[:max_issues]
-    issues.extend(islice(cell_issues(), max_issues - len(issues)))
-    return bad, total, issues
+    def by_column(issue: Issue) -> tuple[int, int]:
+        return issue.row, -1 if issue.column is None else issue.column
+
+    return bad, total, heapq.merge(schema, cell_issues(), key=by_column)
 
 
 def _as_matrix(values: Any, profile: Profile) -> np.ndarray | None:
