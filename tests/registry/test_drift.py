@@ -17,7 +17,7 @@ from dtecho.registry.drift import (
     ks_p_value,
     two_sample_distances,
 )
-from dtecho.registry.quality import Reference
+from dtecho.registry.reference import Reference
 
 
 def roundtrip(data: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Data quality: the training reference and the screening of new rows (dtecho.registry.quality)."""
+"""Data quality: the training reference and the screening of new rows
+(dtecho.registry.reference, dtecho.registry.quality)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from dtecho.registry.quality import (
-    Profile,
-    QualityReport,
-    RangeRule,
-    Reference,
-    check_rows,
-)
+from dtecho.registry.quality import QualityReport, RangeRule, check_rows
+from dtecho.registry.reference import Profile, Reference
 
 
 def roundtrip(data: dict) -> dict:

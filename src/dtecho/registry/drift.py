@@ -1,7 +1,7 @@
 """Input drift: does a window of new inputs still look like the training inputs?
 
 Each column of the window is compared with the same column of the reference's drift sample
-(:class:`dtecho.registry.quality.Profile.sample`) by two statistics:
+(:attr:`dtecho.registry.reference.Profile.sample`) by two statistics:
 
 * the two-sample Kolmogorov–Smirnov statistic D = sup |F_ref − F_win| (Kolmogorov 1933,
   Smirnov 1939; the same number as ``scipy.stats.ks_2samp``) with an asymptotic p-value
@@ -31,7 +31,7 @@ from scipy import special
 from scipy.stats import kstwo
 
 from dtecho.registry.error_drift import ADWIN, PageHinkley
-from dtecho.registry.quality import FORMAT_VERSION, Profile, Reference
+from dtecho.registry.reference import FORMAT_VERSION, Profile, Reference, check_format_version
 
 __all__ = [
     "ADWIN",
@@ -193,8 +193,7 @@ class DriftReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriftReport:
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"drift report: version {data.get('version')!r} is not supported")
+        check_format_version(data, "drift report")
         return cls(
             columns=tuple(ColumnDrift.from_dict(c) for c in data["columns"]),
             n_reference=int(data["n_reference"]),
@@ -316,8 +315,7 @@ class InputDrift:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputDrift:
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"input drift: version {data.get('version')!r} is not supported")
+        check_format_version(data, "input drift")
         reference: Reference | Profile
         if data.get("reference") is not None:
             reference = Reference.from_dict(data["reference"])
