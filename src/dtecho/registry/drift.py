@@ -264,7 +264,7 @@ class InputDrift:
             raise ValueError("window holds non-finite values; screen it with check_rows first")
         m, n, width = profile.n_rows, win.shape[0], profile.width
         statistic, wasserstein = two_sample_distances(profile.sample, win)
-        # The sample stands for all m training values (its CDF is within 1/k of theirs), so
+        # The sample stands for all m training values (its CDF is within 1/(2k) of theirs), so
         # the p-value is the one of a test against the training data itself.
         p_value = ks_p_value(statistic, m, n, self.p_value)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -41,7 +41,7 @@ class Profile:
     training values at k evenly spaced ranks (the order statistics nearest the quantiles
     (i + ½)/k). The columns are sorted and independent of one another — the drift tests
     compare one column at a time. This subsample is deterministic and its empirical
-    distribution is within 1/k (Kolmogorov distance) of the full column's; a random sample
+    distribution is within 1/(2k) (Kolmogorov distance) of the full column's; a random sample
     of the same size would be within about 1/√k.
 
     ``ndim`` records whether the training array was (T,) (rows are scalars) or (T, d).
