@@ -114,3 +114,10 @@ def test_front_door_example(server_factory: Any, tmp_path: Path) -> None:
         {"http://localhost:8000": keyed_server.base_url, "sk-dte-…": created.json()["key"]},
     )
     assert printed.split("\n")[:2] == ["['fast']", "16"]
+
+
+def test_lifecycle_walk_through(server: ServerProcess) -> None:
+    guide = (README.parent / "docs" / "lifecycle.md").read_text(encoding="utf-8")
+    (code,) = re.findall(r"```python\n(.*?)```", guide, re.S)
+    printed = _run(code, {"http://localhost:8000": server.base_url})
+    assert printed.strip() == "rolled_back"
