@@ -230,3 +230,56 @@ def test_bad_experiments_and_observations_are_4xx(
         headers={"content-type": "application/json"},
     )
     assert nan.status_code == 400
+
+
+def _mackey_glass_pairs(
+    tau: float, n: int, skip: int = 0
+) -> tuple[list[list[float]], list[list[float]]]:
+    from dtecho.dtesn.datasets import mackey_glass
+
+    series = mackey_glass(n + skip + 1, tau=tau)[skip:]
+    values = [[float(v)] for v in series]
+    return values[:-1], values[1:]
+
+
+def test_drift_of_observed_inputs_is_detected_and_anomalies_quarantined(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    server, _ = replicas
+    inputs, targets = _mackey_glass_pairs(17.0, 1500)
+    body = {"inputs": inputs, "targets": targets, "config": {"units": 50}, "warmup": 50}
+    trained = _post(server, "/v1/dtesn/models", body)
+    assert trained.status_code == 201, trained.text
+    model = trained.json()["id"]
+    path = f"/v1/dtesn/models/{model}/observations"
+
+    # A fresh stretch of the same dynamics: no drift.
+    fresh_in, fresh_out = _mackey_glass_pairs(17.0, 600, skip=3000)
+    for start in range(0, 600, 100):
+        answer = _post(server, path, {"inputs": fresh_in[start:start + 100],
+                                      "targets": fresh_out[start:start + 100]})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+    monitoring = answer.json()["monitoring"]
+    assert monitoring["input_drift"] is not None and not monitoring["input_drift"]["drifted"]
+
+    # One wild row among good ones is quarantined, named, and not scored.
+    rows_in = [*fresh_in[:5], [1.0e6]]
+    rows_out = [*fresh_out[:5], [1.0]]
+    answer = _post(server, path, {"inputs": rows_in, "targets": rows_out}).json()
+    assert answer["accepted"] == 5
+    assert [q["row"] for q in answer["quarantined"]] == [5]
+    assert "inputs" in answer["quarantined"][0]["reasons"][0]
+
+    # The dynamics change (τ 17 → 23): the observed inputs drift.
+    shifted_in, shifted_out = _mackey_glass_pairs(23.0, 2400, skip=500)
+    for start in range(0, 2400, 200):
+        answer = _post(server, path, {"inputs": shifted_in[start:start + 200],
+                                      "targets": shifted_out[start:start + 200]})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+    assert answer.json()["monitoring"]["input_drift"]["drifted"]
+    record = httpx.get(f"{server.base_url}/v1/dtesn/models/{model}").json()
+    assert record["monitoring"]["input_drift"]["drifted"]
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    assert f'dtecho_model_drift{{kind="input",model="{model}"}} 1.0' in metrics
+    page = httpx.get(f"{server.base_url}/v1/dtesn/models/{model}", headers={"accept": "text/html"})
+    assert "drifted" in page.text

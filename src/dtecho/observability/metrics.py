@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dtecho.observability.buckets import LATENCY_BUCKETS
 
@@ -72,6 +72,16 @@ class HttpMetrics:
         """
         self.registry.register(_ScrapedCounters(name, documentation, labels, source))
 
+    def watch_gauges(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        source: Callable[[], Mapping[tuple[str, ...], float]],
+    ) -> None:
+        """Export labelled gauges a component keeps as plain numbers, read at scrape time."""
+        self.registry.register(_ScrapedGauges(name, documentation, labels, source))
+
     def watch_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a gauge whose value ``read()`` gives at scrape time."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
@@ -101,6 +111,14 @@ class _ScrapedCounters:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
         for values, count in self._source().items():
             family.add_metric(values, count)
+        yield family
+
+
+class _ScrapedGauges(_ScrapedCounters):
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+        for values, value in self._source().items():
+            family.add_metric(values, value)
         yield family
 
 

@@ -287,3 +287,6 @@ class Observation(BaseModel):
     model: str
     experiment: str | None
     scored: dict[str, float | None]
+    accepted: int | None = Field(description="Rows scored (null: only a request's answer).")
+    quarantined: list[dict[str, Any]] = Field(description="Rows left out, with the reasons.")
+    monitoring: dict[str, Any] = Field(description="The model's quality and drift state.")

@@ -100,6 +100,14 @@ async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
     await service.start()
     stack.push_async_callback(service.close)
     state.dtesn_models.experiments = service
+    state.metrics.watch_gauges(
+        "dtecho_model_drift",
+        "Trained models' drift since training, by model and kind: input (1 while the recent "
+        "observed inputs have drifted from the training data), error_detections (ADWIN "
+        "changes of the squared error).",
+        ("model", "kind"),
+        state.dtesn_models.monitor.gauges,
+    )
     state.metrics.watch_counters(
         "dtecho_experiment_events",
         "Experiments on trained models by event: started, stopped, rolled_back.",

@@ -41,6 +41,7 @@ from dtecho.services.budget import (
     update_cost,
 )
 from dtecho.services.model_store import ModelStore, new_model_id
+from dtecho.services.monitoring import ModelMonitor
 
 __all__ = [
     "ModelService",
@@ -219,6 +220,7 @@ class ModelService:
         self.keep_versions = keep_versions  # unaliased versions kept; older ones archived
         self.budget = WorkBudget(limits.max_sync_cost, limits.max_background_cost)
         self.store = ModelStore(data_dir / "dtesn-models")
+        self.monitor = ModelMonitor(self.store)  # data quality and drift after training
         self._locks: dict[str, asyncio.Lock] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._reservoirs: OrderedDict[tuple[str, int], tuple[DTESN, Reservoir]] = OrderedDict()
@@ -412,6 +414,8 @@ class ModelService:
         self._phase(record, "saving", wall)
         tail = slice(max(record["warmup"], X.shape[0] - PREVIEW_ROWS), None)
         self.store.save_version(record["id"], 1, estimator)
+        # What later observations are checked against: ranges, quantiles, a drift sample.
+        await asyncio.to_thread(self.monitor.learn_reference, record["id"], X, Y)
         record.pop("progress", None)
         record.update(
             status="ready",
@@ -729,6 +733,38 @@ class ModelService:
             )  # fmt: skip
             self.store.put_record(record)
             return record
+
+    # ---- observations -------------------------------------------------------------------
+
+    async def observe(
+        self,
+        model_id: str,
+        targets: np.ndarray,
+        inputs: np.ndarray | None,
+        request_id: str | None,
+    ) -> dict[str, Any]:
+        """Ground truth: rows checked against the training reference (anomalous ones
+        quarantined), the clean inputs added to the drift window, production's squared
+        error fed to error drift, and a running experiment's arms scored."""
+        record = self._ready(model_id)
+        self._check_width(record, targets, "targets")
+        quarantined: list[dict[str, Any]] = []
+        if inputs is not None:
+            self._check_width(record, inputs, "inputs")
+            mask, quarantined = self.monitor.check(model_id, inputs, targets)
+            inputs, targets = inputs[mask], targets[mask]
+            if len(inputs):
+                answer = await self.predict(model_id, inputs, 0)
+                predicted = np.asarray(answer["predictions"])
+                self.monitor.errors(model_id, np.mean((predicted - targets) ** 2, axis=1))
+        result: dict[str, Any] = {"object": "dtesn.observation", "model": model_id,
+                                  "experiment": None, "scored": {}}  # fmt: skip
+        if self.experiments is not None and (inputs is None or len(inputs)):
+            result = await self.experiments.observe(model_id, targets, inputs, request_id)
+        result["accepted"] = len(targets) if inputs is not None else None
+        result["quarantined"] = quarantined
+        result["monitoring"] = self.monitor.status(model_id)
+        return result
 
     # ---- versions and aliases -----------------------------------------------------------
 

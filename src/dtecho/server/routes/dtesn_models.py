@@ -176,9 +176,13 @@ async def list_dtesn_models(request: Request) -> Response:
     responses={**negotiated(DtesnModel), **errors(404)},
 )
 async def get_dtesn_model(model_id: str, request: Request) -> Response:
-    """One model's record; ``text/html`` gives its page."""
+    """One model's record, with its data quality and drift since training (``monitoring``);
+    ``text/html`` gives its page."""
     state = get_state(request)
-    record = request_dtesn_models(request).get(model_id)
+    service = request_dtesn_models(request)
+    record = service.get(model_id)
+    if record["status"] == "ready":
+        record = {**record, "monitoring": service.monitor.status(record["id"])}
     return render(request, record, page=lambda: state.pages.dtesn_model(record), root="model")
 
 
@@ -409,9 +413,11 @@ async def observe_dtesn_model(
     body: ObservationRequest, request: Request, model_id: str = _MODEL_PATH_EARLY
 ) -> dict[str, Any]:
     """Ground truth: ``targets`` for the prediction that answered ``request_id`` (its
-    ``x-request-id``), and/or for ``inputs`` (scored on both arms of a running experiment)."""
+    ``x-request-id``), and/or for ``inputs``: checked against the training data (anomalous
+    rows quarantined, never scored), tested for drift, scored on production and on both arms
+    of a running experiment."""
     inputs = np.asarray(body.inputs, float) if body.inputs is not None else None
-    return await _experiments(request).observe(
+    return await request_dtesn_models(request).observe(
         model_id, np.asarray(body.targets, float), inputs, body.request_id
     )
 
