@@ -283,3 +283,48 @@ def test_drift_of_observed_inputs_is_detected_and_anomalies_quarantined(
     assert f'dtecho_model_drift{{kind="input",model="{model}"}} 1.0' in metrics
     page = httpx.get(f"{server.base_url}/v1/dtesn/models/{model}", headers={"accept": "text/html"})
     assert "drifted" in page.text
+
+
+def _nrmse(predicted: list[list[float]], target: list[list[float]]) -> float:
+    import numpy as np
+
+    p, t = np.asarray(predicted), np.asarray(target)
+    return float(np.sqrt(np.mean((p - t) ** 2)) / np.std(t))
+
+
+def test_continuous_learning_beats_the_frozen_model_after_the_dynamics_change(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    server, _ = replicas
+    inputs, targets = _mackey_glass_pairs(17.0, 1500)
+    body = {"inputs": inputs, "targets": targets, "config": {"units": 80}, "warmup": 50}
+    model = _post(server, "/v1/dtesn/models", body).json()["id"]
+    enabled = httpx.put(
+        f"{server.base_url}/v1/dtesn/models/{model}/learning",
+        json={"batch_rows": 300, "holdout_rows": 100, "warmup": 20},
+        timeout=30,
+    )
+    assert enabled.status_code == 200, enabled.text
+    # τ switches from 17 to 23: the ground truth of the new dynamics arrives in batches.
+    stream_in, stream_out = _mackey_glass_pairs(23.0, 3000, skip=500)
+    for start in range(0, 2400, 100):
+        sent = _post(server, f"/v1/dtesn/models/{model}/observations",
+                     {"inputs": stream_in[start:start + 100],
+                      "targets": stream_out[start:start + 100]})  # fmt: skip
+        assert sent.status_code == 200, sent.text
+    path = f"{server.base_url}/v1/dtesn/models/{model}"
+    wait_until(lambda: httpx.get(path).json()["learning"].get("rounds", 0) >= 4, timeout=60)
+    record = httpx.get(path).json()
+    assert record["learning"]["last_round"]["nrmse_candidate"] is not None
+    # Later τ = 23 data neither model saw: the learned production against the frozen v1.
+    test_in, test_out = stream_in[2400:3000], stream_out[2400:3000]
+    learned = _post(server, f"/v1/dtesn/models/{model}/predict", {"inputs": test_in}).json()
+    frozen = _post(server, f"/v1/dtesn/models/{model}@1/predict", {"inputs": test_in}).json()
+    assert learned["version"] > 1  # a candidate won and was promoted
+    learned_score = _nrmse(learned["predictions"][50:], test_out[50:])
+    frozen_score = _nrmse(frozen["predictions"][50:], test_out[50:])
+    print(f"\nMackey-Glass tau 17 -> 23, NRMSE on later data: learned {learned_score:.4f} "
+          f"(version {learned['version']}), frozen {frozen_score:.4f}")  # fmt: skip
+    assert learned_score < frozen_score
+    versions = httpx.get(f"{path}/versions").json()["data"]
+    assert any(v["kind"] == "learner" and v["metrics"]["promoted"] for v in versions)

@@ -27,6 +27,7 @@ __all__ = [
     "DtesnChatRequest",
     "ExperimentAnalysis",
     "ExperimentRequest",
+    "LearningSettings",
     "ModelConfig",
     "MoveAliasRequest",
     "ObservationRequest",
@@ -499,6 +500,29 @@ class ObservationRequest(BaseModel):
         if self.inputs is not None and len(self.inputs) != len(self.targets):
             raise ValueError("inputs and targets differ in length")
         return self
+
+
+class LearningSettings(BaseModel):
+    """``PUT /v1/dtesn/models/{id}/learning``: continuous learning from observations."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"enabled": True, "batch_rows": 200}]}
+    )
+
+    enabled: Bool = True
+    batch_rows: Int = Field(200, ge=10, le=10**6, description="New rows that start a round.")
+    holdout_rows: Int = Field(
+        50, ge=5, le=10**6, description="The most recent rows a round compares the candidate "
+        "and production on, without learning from them (the next round does)."
+    )  # fmt: skip
+    warmup: Int = Field(20, ge=0, le=10**5, description="Rows that settle the state first.")
+    margin: Float = Field(
+        0.0, ge=0, lt=1, description="Promote when the candidate's NRMSE on the held-out rows "
+        "is below production's × (1 − margin)."
+    )  # fmt: skip
+    block_on_drift: Bool = Field(
+        False, description="Never promote while the observed inputs have drifted."
+    )
 
 
 class MoveAliasRequest(BaseModel):

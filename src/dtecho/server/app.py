@@ -89,6 +89,7 @@ async def _start_resources(state: ServerState, stack: AsyncExitStack) -> None:
 async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
     """Experiments on trained models, analysed in the background; their events audited."""
     from dtecho.services.experiments import ExperimentService
+    from dtecho.services.learner import ContinuousLearner
 
     def audit(action: str, details: dict[str, Any]) -> None:
         if state.gateway is not None:
@@ -100,6 +101,16 @@ async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
     await service.start()
     stack.push_async_callback(service.close)
     state.dtesn_models.experiments = service
+    state.dtesn_models.observations = state.store.observations
+    learner = ContinuousLearner(state.dtesn_models, state.store.observations)
+    learner.start()
+    stack.push_async_callback(learner.close)
+    state.metrics.watch_counters(
+        "dtecho_learning_rounds",
+        "Continuous learning rounds by outcome: promoted, kept, failed.",
+        ("outcome",),
+        lambda: learner.counts,
+    )
     state.metrics.watch_gauges(
         "dtecho_model_drift",
         "Trained models' drift since training, by model and kind: input (1 while the recent "

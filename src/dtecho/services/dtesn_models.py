@@ -217,6 +217,7 @@ class ModelService:
         # without it a model is its latest version.
         self.versions: ModelVersions | None = None
         self.experiments: Any = None  # dtecho.services.experiments.ExperimentService
+        self.observations: Any = None  # dtecho.store.observations.ObservationRepository
         self.keep_versions = keep_versions  # unaliased versions kept; older ones archived
         self.budget = WorkBudget(limits.max_sync_cost, limits.max_background_cost)
         self.store = ModelStore(data_dir / "dtesn-models")
@@ -551,10 +552,30 @@ class ModelService:
         return self.store.records()
 
     async def delete(self, model_id: str) -> None:
-        """The model, every version's weights and its registry entries."""
+        """The model, every version's weights, its registry entries and observations."""
         self.store.delete(model_id)
         if self.versions is not None:
             await self.versions.forget(model_id)
+        if self.observations is not None:
+            await self.observations.delete_model(model_id)
+
+    async def set_learning(self, model_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Turn continuous learning on or off (the rounds keep their place)."""
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            record = self._ready(model_id)
+            if self.observations is None:
+                raise Conflict("This server stores no observations.",
+                               code="observations_unavailable")  # fmt: skip
+            previous = record.get("learning") or {}
+            record["learning"] = {
+                **settings,
+                "last_observation_id": previous.get("last_observation_id", 0),
+                "rounds": previous.get("rounds", 0),
+                "last_round": previous.get("last_round"),
+            }
+            self.store.put_record(record)
+            return record
 
     def _ready(self, model_id: str) -> dict[str, Any]:
         record = self.store.record(model_id)
@@ -742,6 +763,7 @@ class ModelService:
         targets: np.ndarray,
         inputs: np.ndarray | None,
         request_id: str | None,
+        subject: str | None = None,
     ) -> dict[str, Any]:
         """Ground truth: rows checked against the training reference (anomalous ones
         quarantined), the clean inputs added to the drift window, production's squared
@@ -753,6 +775,11 @@ class ModelService:
             self._check_width(record, inputs, "inputs")
             mask, quarantined = self.monitor.check(model_id, inputs, targets)
             inputs, targets = inputs[mask], targets[mask]
+            if len(inputs) and self.observations is not None:  # what the learner learns from
+                await self.observations.add(
+                    model_id, inputs.tolist(), targets.tolist(),
+                    subject=subject, request_id=request_id,
+                )  # fmt: skip
             if len(inputs):
                 answer = await self.predict(model_id, inputs, 0)
                 predicted = np.asarray(answer["predictions"])

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dtecho.store.experiments import ExperimentRepository
 from dtecho.store.model_versions import VersionRepository
+from dtecho.store.observations import ObservationRepository
 from dtecho.store.repositories import AuditRepository, KeyRepository, UsageRepository
 
 __all__ = ["AuditRepository", "KeyRepository", "Store", "UsageRepository"]
@@ -38,6 +39,7 @@ class Store:
     audit: AuditRepository
     versions: VersionRepository
     experiments: ExperimentRepository
+    observations: ObservationRepository
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -71,6 +73,7 @@ class Store:
         self.audit = AuditRepository(engine)
         self.versions = VersionRepository(engine)
         self.experiments = ExperimentRepository(engine)
+        self.observations = ObservationRepository(engine)
 
     @property
     def engine(self) -> AsyncEngine:

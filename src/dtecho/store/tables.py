@@ -142,3 +142,18 @@ experiments = Table(
     Column("reason", String(1000)),  # why it ended
     Column("analysis", JSON, nullable=False),  # the last analysis, by the replica that made it
 )
+
+# Ground truth sent for trained models: the learner's training and held-out data (0007).
+observations = Table(
+    "observations",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("model_id", String(64), nullable=False, index=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("subject", String(300)),  # the principal that sent it (erasable by subject)
+    Column("request_id", String(128)),
+    Column("inputs", JSON, nullable=False),
+    Column("targets", JSON, nullable=False),
+)

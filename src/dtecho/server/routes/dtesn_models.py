@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from dtecho.errors import Conflict, InvalidRequest, NotFound
 from dtecho.protocol.dtesn import (
     ExperimentRequest,
+    LearningSettings,
     MoveAliasRequest,
     ObservationRequest,
     PredictRequest,
@@ -418,8 +419,20 @@ async def observe_dtesn_model(
     of a running experiment."""
     inputs = np.asarray(body.inputs, float) if body.inputs is not None else None
     return await request_dtesn_models(request).observe(
-        model_id, np.asarray(body.targets, float), inputs, body.request_id
-    )
+        model_id, np.asarray(body.targets, float), inputs, body.request_id,
+        subject=_principal_id(request),
+    )  # fmt: skip
+
+
+@router.put("/{model_id}/learning", responses={**success(DtesnModel), **errors(404, 409)})
+async def set_dtesn_model_learning(
+    body: LearningSettings, request: Request, model_id: str = _MODEL_PATH_EARLY
+) -> dict[str, Any]:
+    """Continuous learning from the observations sent: rounds of RLS updates into a
+    ``candidate`` version, promoted to ``production`` only when better on held-out recent
+    rows (``learning`` in the model's record shows the last round)."""
+    service = request_dtesn_models(request)
+    return await service.set_learning(model_id, body.model_dump(mode="json"))
 
 
 def _principal_id(request: Request) -> str | None:
