@@ -478,7 +478,17 @@ class ObservationRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"inputs": [0.8, 0.9], "targets": [0.9, 1.0]}]},
+        json_schema_extra={
+            "examples": [{"inputs": [0.8, 0.9], "targets": [0.9, 1.0]}],
+            # Something to score: the inputs, or the prediction the targets answer.
+            "anyOf": [
+                {"required": ["inputs"], "properties": {"inputs": {"not": {"type": "null"}}}},
+                {
+                    "required": ["request_id"],
+                    "properties": {"request_id": {"not": {"type": "null"}}},
+                },
+            ],
+        },
     )
 
     inputs: Annotated[Any, WithJsonSchema(SERIES_SCHEMA)] | None = Field(
@@ -491,7 +501,8 @@ class ObservationRequest(BaseModel):
         None, max_length=128, description="The x-request-id of the prediction they answer."
     )
 
-    _series = field_validator("inputs", "targets")(lambda cls, v: v if v is None else _as_matrix(v))
+    _targets = field_validator("targets")(lambda cls, v: _as_matrix(v))
+    _inputs = field_validator("inputs")(lambda cls, v: v if v is None else _as_matrix(v))
 
     @model_validator(mode="after")
     def _something_to_score(self) -> ObservationRequest:

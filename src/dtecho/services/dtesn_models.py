@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ EVENTS_HEARTBEAT_SECONDS = 15.0  # an SSE comment this often keeps idle proxies 
 # The ModelConfig fields the search chooses (a "tree" choice sets depth or tree); the others
 # stay at ModelConfig's defaults, so the finished record's config rebuilds the same model.
 _SEARCHED = {*DEFAULT_SPACE, *TREE_SPACE, "depth"}
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None where it is NaN or infinite (JSON has neither)."""
+    return value if np.isfinite(value) else None
 
 
 def nrmse(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -742,7 +748,11 @@ class ModelService:
             before, after = await asyncio.to_thread(work)
             version = record["version"] + 1
             self.store.save_version(model_id, version, model)
-            metrics = {"rows": int(inputs.shape[0]), "nrmse_before": before, "nrmse_after": after}
+            metrics = {
+                "rows": int(inputs.shape[0]),
+                "nrmse_before": finite_or_none(before),
+                "nrmse_after": finite_or_none(after),
+            }
             await self._record_version(
                 record, version, parent=base, kind="rls_update", data=(inputs, targets),
                 metrics=metrics, creator=creator, promote=promote,
@@ -773,6 +783,9 @@ class ModelService:
         quarantined: list[dict[str, Any]] = []
         if inputs is not None:
             self._check_width(record, inputs, "inputs")
+            # Scored on production and on two arms: three predictions' work at most.
+            cost = self._predict_cost(record, inputs, 0)
+            self.budget.check(replace(cost, fixed=3 * cost.fixed, per_item=3 * cost.per_item))
             mask, quarantined = self.monitor.check(model_id, inputs, targets)
             inputs, targets = inputs[mask], targets[mask]
             if len(inputs) and self.observations is not None:  # what the learner learns from

@@ -21,7 +21,7 @@ import numpy as np
 import structlog
 
 from dtecho.registry.versions import PRODUCTION
-from dtecho.services.dtesn_models import nrmse
+from dtecho.services.dtesn_models import finite_or_none, nrmse
 from dtecho.store.observations import ObservationRepository
 
 if TYPE_CHECKING:
@@ -97,13 +97,18 @@ class ContinuousLearner:
             drifted = bool(
                 (self.models.monitor.status(model_id)["input_drift"] or {}).get("drifted")
             )
-            better = scores["candidate"] < scores["production"] * (1.0 - settings["margin"])
+            # A score that is not a number (an overflow on wild data) never wins.
+            better = bool(
+                np.isfinite(scores["candidate"])
+                and np.isfinite(scores["production"])
+                and scores["candidate"] < scores["production"] * (1.0 - settings["margin"])
+            )
             promote = better and not (settings.get("block_on_drift") and drifted)
             metrics = {
                 "rows": len(X),
                 "holdout_rows": len(HX),
-                "nrmse_production": scores["production"],
-                "nrmse_candidate": scores["candidate"],
+                "nrmse_production": finite_or_none(scores["production"]),
+                "nrmse_candidate": finite_or_none(scores["candidate"]),
                 "promoted": promote,
                 "blocked_by_drift": better and not promote,
             }
