@@ -102,7 +102,7 @@ async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
     stack.push_async_callback(service.close)
     state.dtesn_models.experiments = service
     state.dtesn_models.observations = state.store.observations
-    learner = ContinuousLearner(state.dtesn_models, state.store.observations)
+    learner = ContinuousLearner(state.dtesn_models, state.store.observations, state.store.leases)
     learner.start()
     stack.push_async_callback(learner.close)
     state.metrics.watch_counters(

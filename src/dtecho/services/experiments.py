@@ -272,6 +272,9 @@ class ExperimentService:
     # -- analysis --------------------------------------------------------------------------
 
     async def _analyse(self, experiment: RunningExperiment) -> None:
+        if not any(s.requests or s.scored for s in experiment.stats.values()):
+            experiment.last_analysis = time.monotonic()  # nothing seen here: nothing to say
+            return
         snapshot = experiment.analyse()
         await self.repository.save_analysis(experiment.id, snapshot)
         if not snapshot["rollback"]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import structlog
 
 from dtecho.registry.versions import PRODUCTION
 from dtecho.services.dtesn_models import finite_or_none, nrmse
+from dtecho.store.leases import LeaseRepository
 from dtecho.store.observations import ObservationRepository
 
 if TYPE_CHECKING:
@@ -31,16 +33,24 @@ __all__ = ["ContinuousLearner"]
 
 _log = structlog.get_logger("dtecho.registry")
 CANDIDATE = "candidate"
+LEASE = "dtesn-learner"
+LEASE_SECONDS = 10.0  # a holder that stops renewing hands over after this
 
 
 class ContinuousLearner:
     """The learning rounds of one :class:`ModelService`'s models."""
 
     def __init__(
-        self, models: ModelService, observations: ObservationRepository, interval: float = 0.5
+        self,
+        models: ModelService,
+        observations: ObservationRepository,
+        leases: LeaseRepository | None = None,
+        interval: float = 0.5,
     ) -> None:
         self.models = models
         self.observations = observations
+        self.leases = leases  # one replica learns at a time (the others would race it)
+        self.holder = f"learner-{uuid.uuid4().hex[:12]}"
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self.counts: dict[tuple[str], int] = {}  # (outcome,): promoted, kept, failed
@@ -57,6 +67,14 @@ class ContinuousLearner:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            if self.leases is not None:
+                try:
+                    held = await self.leases.acquire(LEASE, self.holder, LEASE_SECONDS)
+                except Exception as exc:
+                    _log.warning("learner_lease_failed", error=str(exc))
+                    continue
+                if not held:
+                    continue
             for record in self.models.list():
                 learning = record.get("learning") or {}
                 if record.get("status") != "ready" or not learning.get("enabled"):

@@ -14,6 +14,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dtecho.store.experiments import ExperimentRepository
+from dtecho.store.leases import LeaseRepository
 from dtecho.store.model_versions import VersionRepository
 from dtecho.store.observations import ObservationRepository
 from dtecho.store.repositories import AuditRepository, KeyRepository, UsageRepository
@@ -40,6 +41,7 @@ class Store:
     versions: VersionRepository
     experiments: ExperimentRepository
     observations: ObservationRepository
+    leases: LeaseRepository
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -74,6 +76,7 @@ class Store:
         self.versions = VersionRepository(engine)
         self.experiments = ExperimentRepository(engine)
         self.observations = ObservationRepository(engine)
+        self.leases = LeaseRepository(engine)
 
     @property
     def engine(self) -> AsyncEngine:

@@ -157,3 +157,12 @@ observations = Table(
     Column("inputs", JSON, nullable=False),
     Column("targets", JSON, nullable=False),
 )
+
+# Work one replica at a time does (the continuous learner): a name held until it expires (0008).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
