@@ -52,6 +52,7 @@ __all__ = [
     "HedgingSettings",
     "InProcessModelSpec",
     "JwtIssuerSettings",
+    "LifecycleSettings",
     "LimitProfile",
     "LimitsSettings",
     "MetricsSettings",
@@ -507,6 +508,15 @@ class ControlTowerSettings(BaseModel):
     poll_interval_seconds: float = Field(30.0, ge=0.1, le=86400)
 
 
+class LifecycleSettings(BaseModel):
+    """Trained models' lifecycle (``dtecho.registry``, docs/lifecycle.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Stored observations older than this are deleted (the learner's data, erasable by subject).
+    observation_retention_days: float = Field(30.0, gt=0, le=36500)
+
+
 class ModulesSettings(BaseModel):
     """The front door's module pool and the manifest directory (``dtecho.modules``)."""
 
@@ -754,6 +764,7 @@ class Settings(BaseSettings):
     slo: SloSettings = Field(default_factory=SloSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     modules: ModulesSettings = Field(default_factory=ModulesSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     control_tower: ControlTowerSettings = Field(default_factory=ControlTowerSettings)
 
     # Where these settings came from (set by load_settings), so that a live reload reads the

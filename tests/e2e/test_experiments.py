@@ -335,3 +335,43 @@ def test_continuous_learning_beats_the_frozen_model_after_the_dynamics_change(
     assert learned_score < frozen_score
     versions = httpx.get(f"{path}/versions").json()["data"]
     assert any(v["kind"] == "learner" and v["metrics"]["promoted"] for v in versions)
+
+
+def test_a_subjects_data_is_erased_everywhere(server_factory: Any) -> None:
+    admin_key = "lifecycle-admin-0123456789"
+    admin = {"authorization": f"Bearer {admin_key}"}
+    server = server_factory(
+        {"auth": {"mode": "keys", "admin_key": "env:ADMIN_KEY"}, "usage_flush_seconds": 0.2},
+        env={"ADMIN_KEY": admin_key},
+    )
+    created = httpx.post(f"{server.base_url}/admin/keys", json={"name": "sensor-7"},
+                         headers=admin, timeout=30).json()  # fmt: skip
+    key, subject = created["key"], f"key:{created['id']}"
+    user = {"authorization": f"Bearer {key}"}
+    body = {"inputs": SERIES[:119], "targets": SERIES[1:120], "config": {"units": 30}, "warmup": 10}
+    model = httpx.post(f"{server.base_url}/v1/dtesn/models", json=body, headers=user,
+                       timeout=60).json()["id"]  # fmt: skip
+    for start in (120, 140):
+        sent = httpx.post(
+            f"{server.base_url}/v1/dtesn/models/{model}/observations",
+            json={"inputs": SERIES[start : start + 20], "targets": SERIES[start + 1 : start + 21]},
+            headers=user,
+            timeout=60,
+        )
+        assert sent.status_code == 200, sent.text
+    chat = {"model": "dtesn-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, headers=user,
+                      timeout=60).status_code == 200  # fmt: skip
+    httpx.post(f"{server.base_url}/admin/keys/{created['id']}/revoke", headers=admin, timeout=30)
+    erased = httpx.delete(f"{server.base_url}/admin/subjects/{subject}", headers=admin, timeout=30)
+    assert erased.status_code == 200, erased.text
+    removed = erased.json()["removed"]
+    assert removed["observations"] == 2 and removed["usage_rows"] >= 1
+    usage = httpx.get(f"{server.base_url}/admin/usage", params={"principal": subject},
+                      headers=admin).json()  # fmt: skip
+    assert usage["data"] == []
+    audit = httpx.get(f"{server.base_url}/admin/audit", params={"actor": subject},
+                      headers=admin).json()  # fmt: skip
+    assert audit["data"] == []
+    again = httpx.delete(f"{server.base_url}/admin/subjects/{subject}", headers=admin, timeout=30)
+    assert again.json()["removed"] == {"observations": 0, "usage_rows": 0, "audit_events": 0}

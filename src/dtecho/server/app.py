@@ -102,7 +102,13 @@ async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
     stack.push_async_callback(service.close)
     state.dtesn_models.experiments = service
     state.dtesn_models.observations = state.store.observations
-    learner = ContinuousLearner(state.dtesn_models, state.store.observations, state.store.leases)
+    retention = state.settings.lifecycle.observation_retention_days * 86400.0
+    learner = ContinuousLearner(
+        state.dtesn_models,
+        state.store.observations,
+        state.store.leases,
+        retention_seconds=retention,
+    )
     learner.start()
     stack.push_async_callback(learner.close)
     state.metrics.watch_counters(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,12 +47,15 @@ class ContinuousLearner:
         observations: ObservationRepository,
         leases: LeaseRepository | None = None,
         interval: float = 0.5,
+        retention_seconds: float | None = None,
     ) -> None:
         self.models = models
         self.observations = observations
         self.leases = leases  # one replica learns at a time (the others would race it)
         self.holder = f"learner-{uuid.uuid4().hex[:12]}"
         self.interval = interval
+        self.retention_seconds = retention_seconds  # observations older are deleted
+        self._purged_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self.counts: dict[tuple[str], int] = {}  # (outcome,): promoted, kept, failed
 
@@ -75,6 +79,7 @@ class ContinuousLearner:
                     continue
                 if not held:
                     continue
+            await self._purge()
             for record in self.models.list():
                 learning = record.get("learning") or {}
                 if record.get("status") != "ready" or not learning.get("enabled"):
@@ -84,6 +89,20 @@ class ContinuousLearner:
                 except Exception as exc:
                     self._count("failed")
                     _log.warning("learning_round_failed", model=record["id"], error=str(exc))
+
+    async def _purge(self) -> None:
+        """Delete observations past their retention, once a minute."""
+        if self.retention_seconds is None or time.monotonic() - self._purged_at < 60:
+            return
+        self._purged_at = time.monotonic()
+        before = datetime.now(UTC) - timedelta(seconds=self.retention_seconds)
+        try:
+            removed = await self.observations.expire(before)
+        except Exception as exc:
+            _log.warning("observation_purge_failed", error=str(exc))
+            return
+        if removed:
+            _log.info("observations_expired", rows=removed)
 
     async def round(self, model_id: str) -> dict[str, Any] | None:
         """One round if enough rows arrived (see the module docstring); its summary."""

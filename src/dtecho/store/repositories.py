@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -250,6 +250,14 @@ class UsageRepository:
             for row in sorted(rows, key=lambda r: tuple(r[k] for k in key)):
                 await connection.execute(statement, row)
 
+    async def erase(self, principal_id: str) -> int:
+        """Delete the principal's usage rows; how many."""
+        async with self._engine.begin() as connection:
+            deleted = await connection.execute(
+                delete(usage_daily).where(usage_daily.c.principal_id == principal_id)
+            )
+        return int(deleted.rowcount or 0)
+
     async def query(
         self,
         *,
@@ -294,10 +302,22 @@ class UsageRepository:
 
 
 class AuditRepository:
-    """The append-only audit log: there is no update and no delete."""
+    """The append-only audit log: events are never deleted or changed, except that a
+    subject's erasure blanks the personal data of the events it made (:meth:`redact`)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+
+    async def redact(self, actor: str) -> int:
+        """Blank the details and client address of ``actor``'s events (kept: when, what,
+        the outcome — the log still shows that something happened); how many."""
+        async with self._engine.begin() as connection:
+            changed = await connection.execute(
+                update(audit_log)
+                .where(audit_log.c.actor == actor)
+                .values(actor="erased-subject", client_ip=None, details={"erased": True})
+            )
+        return int(changed.rowcount or 0)
 
     async def append(self, events: Sequence[AuditRecord]) -> None:
         if not events:

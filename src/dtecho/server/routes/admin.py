@@ -227,6 +227,24 @@ async def upstreams(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [model.snapshot() for model in routed.values()]}
 
 
+@router.delete("/subjects/{subject:path}")
+async def erase_subject(subject: str, request: Request) -> dict[str, Any]:
+    """Erase what the store holds of a subject (a principal id: ``key:<id>``,
+    ``jwt:<issuer>|<subject>``): its observations and usage rows are deleted, its audit
+    events blanked (the events stay, without details). Reports what it removed."""
+    state = get_state(request)
+    assert state.store is not None and state.gateway is not None
+    await state.gateway.usage.flush()  # nothing of theirs may arrive after the erasure
+    await state.gateway.audit.flush()
+    removed = {
+        "observations": await state.store.observations.erase_subject(subject),
+        "usage_rows": await state.store.usage.erase(subject),
+        "audit_events": await state.store.audit.redact(subject),
+    }
+    _audit(request, "subject.erased", None, removed=removed)  # names no subject: erased
+    return {"object": "subject.erasure", "subject": subject, "removed": removed}
+
+
 @router.get("/manifests")
 async def manifests(request: Request) -> dict[str, Any]:
     """The front door: served projects, rejected manifests (each wrong field named), sources
