@@ -158,7 +158,7 @@ def _steps(value: Any) -> int | None:
 def _int(value: Any, default: int) -> int:
     try:
         return int(value) if value is not None else default
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
         return default
 
 
@@ -188,7 +188,7 @@ def _affordable(path: str, body: dict[str, Any]) -> bool:
                                  "dtesn_") <= SYNC_COST  # fmt: skip
         if path == "/v1/dtesn/models":
             return _affordable_training(body)
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         return True  # a body the schema refuses anyway
     return True
 

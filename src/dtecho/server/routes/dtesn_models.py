@@ -45,7 +45,8 @@ from dtecho.services.dtesn_models import config_from_form, parse_table, tune_fro
 
 router = APIRouter(prefix="/v1/dtesn/models", tags=["dtesn models"])
 # Routes that name the model itself, not one of its versions: no '@…'.
-_MODEL_PATH_EARLY = Path(pattern=r"^[^@]+$", description="The model's id (dm-…), without '@…'.")
+_MODEL_PATH_EARLY = Path(pattern=r"^[^@/]+$", description="The model's id (dm-…), without '@…'.")
+_EXPERIMENT_PATH = Path(pattern=r"^[^/]+$", description="The experiment's id (exp-…).")
 VERSION_HEADER = "x-dtecho-model-version"  # the version that answered a prediction
 
 
@@ -386,7 +387,7 @@ async def list_dtesn_model_experiments(
     responses={**success(Experiment), **errors(404)},
 )
 async def get_dtesn_model_experiment(
-    experiment_id: str, request: Request, model_id: str = _MODEL_PATH_EARLY
+    request: Request, model_id: str = _MODEL_PATH_EARLY, experiment_id: str = _EXPERIMENT_PATH
 ) -> Response:
     """One experiment: its definition, status, last analysis and this replica's numbers
     per arm (``Accept: text/html``: its page, with the arms over time)."""
@@ -403,7 +404,7 @@ async def get_dtesn_model_experiment(
     responses={**success(Experiment), **errors(404, 409)},
 )
 async def stop_dtesn_model_experiment(
-    experiment_id: str, request: Request, model_id: str = _MODEL_PATH_EARLY
+    request: Request, model_id: str = _MODEL_PATH_EARLY, experiment_id: str = _EXPERIMENT_PATH
 ) -> dict[str, Any]:
     """End the experiment: every request goes to the bare id's version again."""
     return await _experiments(request).stop(experiment_id, _principal_id(request))
