@@ -7,9 +7,10 @@ rotating order each round, the same sequential load of predictions for the bare 
 runs under three conditions:
 
 - ``idle``: nothing else happens;
-- ``swaps``: a thread moves ``production`` between versions 1 and 2 every 50 ms;
-- ``learning``: continuous learning is on and a thread posts observations (100 rows each)
-  as fast as the server takes them, so learning rounds run in the background throughout.
+- ``swaps``: a thread moves ``production`` between versions 1 and 2 every 200 ms;
+- ``learning``: continuous learning is on and a thread posts an observation of 100 rows
+  every 100 ms (1,000 rows/s of ground truth), so a learning round (300 + 100 rows) runs in
+  the background about every 0.4 s.
 
 Each condition's p50/p99 is the median over rounds; the target is p99 during either at most
 1.5× idle (issue 21).
@@ -39,6 +40,8 @@ from _loadgen import run_loadgen
 from proxy_overhead import Server
 
 TARGET_P99_RATIO = 1.5
+SWAP_EVERY = 0.2  # seconds between alias moves
+OBSERVE_EVERY = 0.1  # seconds between observations of 100 rows
 SERIES = [[math.sin(0.3 * t)] for t in range(4000)]
 
 
@@ -113,7 +116,7 @@ def main() -> int:
             def swap() -> None:
                 flip["version"] = 3 - flip["version"]
                 client.put(f"{models}/{model}/aliases/production", json=flip).raise_for_status()
-                time.sleep(0.05)
+                time.sleep(SWAP_EVERY)
 
             offset = {"start": 600}
 
@@ -123,6 +126,7 @@ def main() -> int:
                 client.post(f"{models}/{model}/observations", json={
                     "inputs": SERIES[start:start + 100],
                     "targets": SERIES[start + 1:start + 101]}).raise_for_status()  # fmt: skip
+                time.sleep(OBSERVE_EVERY)
 
             _measure(port, model, 200)  # warm
             raw: dict[str, list[dict[str, Any]]] = {"idle": [], "swaps": [], "learning": []}
