@@ -46,7 +46,7 @@ class ContinuousLearner:
         models: ModelService,
         observations: ObservationRepository,
         leases: LeaseRepository | None = None,
-        interval: float = 0.5,
+        interval: float = 1.0,
         retention_seconds: float | None = None,
     ) -> None:
         self.models = models
@@ -71,6 +71,16 @@ class ContinuousLearner:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            learning = [
+                record
+                for record in self.models.list()
+                if record.get("status") == "ready" and (record.get("learning") or {}).get("enabled")
+            ]
+            purge_due = (
+                self.retention_seconds is not None and time.monotonic() - self._purged_at >= 60
+            )
+            if not learning and not purge_due:
+                continue  # nothing to do: no lease taken, no store written
             if self.leases is not None:
                 try:
                     held = await self.leases.acquire(LEASE, self.holder, LEASE_SECONDS)
@@ -80,10 +90,7 @@ class ContinuousLearner:
                 if not held:
                     continue
             await self._purge()
-            for record in self.models.list():
-                learning = record.get("learning") or {}
-                if record.get("status") != "ready" or not learning.get("enabled"):
-                    continue
+            for record in learning:
                 try:
                     await self.round(record["id"])
                 except Exception as exc:
