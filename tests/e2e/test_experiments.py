@@ -362,11 +362,15 @@ def test_a_subjects_data_is_erased_everywhere(server_factory: Any) -> None:
     chat = {"model": "dtesn-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     assert httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, headers=user,
                       timeout=60).status_code == 200  # fmt: skip
+    rated = httpx.post(f"{server.base_url}/v1/feedback", json={"request_id": "r-1", "score": 1},
+                       headers=user, timeout=30)  # fmt: skip
+    assert rated.status_code == 201 and rated.json()["arm"] is None
     httpx.post(f"{server.base_url}/admin/keys/{created['id']}/revoke", headers=admin, timeout=30)
     erased = httpx.delete(f"{server.base_url}/admin/subjects/{subject}", headers=admin, timeout=30)
     assert erased.status_code == 200, erased.text
     removed = erased.json()["removed"]
     assert removed["observations"] == 2 and removed["usage_rows"] >= 1
+    assert removed["feedback"] == 1
     usage = httpx.get(f"{server.base_url}/admin/usage", params={"principal": subject},
                       headers=admin).json()  # fmt: skip
     assert usage["data"] == []
@@ -374,4 +378,43 @@ def test_a_subjects_data_is_erased_everywhere(server_factory: Any) -> None:
                       headers=admin).json()  # fmt: skip
     assert audit["data"] == []
     again = httpx.delete(f"{server.base_url}/admin/subjects/{subject}", headers=admin, timeout=30)
-    assert again.json()["removed"] == {"observations": 0, "usage_rows": 0, "audit_events": 0}
+    assert again.json()["removed"] == {
+        "observations": 0, "feedback": 0, "usage_rows": 0, "audit_events": 0,
+    }  # fmt: skip
+
+
+def test_client_feedback_counts_per_arm_and_can_roll_an_experiment_back(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    server, _ = replicas
+    model = _model_with_candidate(server)
+    experiment = _experiment(
+        server,
+        model,
+        candidate_share=0.5,
+        analysis={"interval_seconds": 0.3, "min_samples": 20, "max_failed_checks": 2},
+    )
+    path = f"/v1/dtesn/models/{model}/experiments/{experiment['id']}"
+    deadline = time.monotonic() + 60
+    unit = 0
+    status = "running"
+    while status == "running" and time.monotonic() < deadline:
+        unit += 1
+        answer = _post(server, f"/v1/dtesn/models/{model}/predict", PROBE,
+                       **{"x-dtecho-unit": f"rater-{unit}"})  # fmt: skip
+        arm = answer.headers.get("x-dtecho-variant")
+        if arm is None:  # rolled back between the two requests
+            break
+        # Users like the control's answers and not the candidate's.
+        score = 1.0 if arm == "control" else 0.0
+        rated = _post(server, "/v1/feedback",
+                      {"request_id": answer.headers["x-request-id"], "score": score})  # fmt: skip
+        assert rated.status_code == 201
+        if rated.json()["arm"] is None:  # the experiment ended between answer and score
+            break
+        assert rated.json()["arm"] == arm
+        if unit % 10 == 0:
+            status = httpx.get(f"{server.base_url}{path}").json()["status"]
+    found = httpx.get(f"{server.base_url}{path}").json()
+    assert found["status"] == "rolled_back", found
+    assert "feedback worse" in found["reason"]

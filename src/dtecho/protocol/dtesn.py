@@ -27,6 +27,7 @@ __all__ = [
     "DtesnChatRequest",
     "ExperimentAnalysis",
     "ExperimentRequest",
+    "FeedbackRequest",
     "LearningSettings",
     "ModelConfig",
     "MoveAliasRequest",
@@ -534,6 +535,23 @@ class LearningSettings(BaseModel):
     block_on_drift: Bool = Field(
         False, description="Never promote while the observed inputs have drifted."
     )
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a client's score of one response."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"request_id": "4f1c…", "score": 1.0, "label": "good"}]},
+    )
+
+    request_id: str = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+        description="The x-request-id of the response it rates.",
+    )  # fmt: skip
+    score: Float = Field(ge=-1e6, le=1e6, description="Higher is better (e.g. 1 good, 0 bad).")
+    label: str | None = Field(None, max_length=100)
+    comment: str | None = Field(None, max_length=2000)
 
 
 class MoveAliasRequest(BaseModel):

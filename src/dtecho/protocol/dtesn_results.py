@@ -26,6 +26,7 @@ __all__ = [
     "DtesnModelList",
     "Experiment",
     "ExperimentList",
+    "Feedback",
     "Membrane",
     "ModelAlias",
     "ModelAliasList",
@@ -290,3 +291,16 @@ class Observation(BaseModel):
     accepted: int | None = Field(description="Rows scored (null: only a request's answer).")
     quarantined: list[dict[str, Any]] = Field(description="Rows left out, with the reasons.")
     monitoring: dict[str, Any] = Field(description="The model's quality and drift state.")
+
+
+class Feedback(BaseModel):
+    """A stored score, and the experiment arm it counted for (if any)."""
+
+    model_config = _OPEN
+
+    object: Literal["feedback"]
+    id: int
+    request_id: str
+    score: float
+    experiment: str | None
+    arm: Literal["control", "candidate"] | None

@@ -50,6 +50,8 @@ class ArmStats:
     latency_sum_ms: float = 0.0
     squared_error_sum: float = 0.0
     scored: int = 0  # values with ground truth
+    feedback_sum: float = 0.0
+    feedback: int = 0  # client scores (POST /v1/feedback)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,8 @@ class ArmStats:
             else None,
             "scored": self.scored,
             "mse": self.squared_error_sum / self.scored if self.scored else None,
+            "feedback": self.feedback,
+            "mean_feedback": self.feedback_sum / self.feedback if self.feedback else None,
         }
 
 
@@ -88,8 +92,10 @@ class RunningExperiment:
             alpha, min_samples=minimum, higher_is_better=False, metric="proportion"
         )
         self.quality = SequentialComparison(alpha, min_samples=minimum, higher_is_better=False)
+        self.scores = SequentialComparison(alpha, min_samples=minimum, higher_is_better=True)
         self._pending_errors: dict[str, list[float]] = {"control": [], "candidate": []}
         self._pending_quality: dict[str, list[float]] = {"control": [], "candidate": []}
+        self._pending_scores: dict[str, list[float]] = {"control": [], "candidate": []}
 
     @property
     def mode(self) -> str:
@@ -146,6 +152,20 @@ class RunningExperiment:
         self._pending_quality[arm].extend(float(e) for e in errors)
         return float(errors.mean()) if errors.size else math.nan
 
+    def arm_of(self, request_id: str) -> Arm | None:
+        """The arm that answered ``request_id`` (not its shadow), if it is still known."""
+        for arm, _ in self.recent.get(request_id, []):
+            if self.mode != "shadow" or arm == "control":
+                return arm
+        return None
+
+    def rate(self, arm: Arm, score: float) -> None:
+        """A client's score of an answer of ``arm``."""
+        stats = self.stats[arm]
+        stats.feedback_sum += score
+        stats.feedback += 1
+        self._pending_scores[arm].append(score)
+
     def score_request(self, request_id: str, targets: np.ndarray) -> list[Arm]:
         """Score what answered ``request_id`` (and its shadow); the arms scored."""
         answered = self.recent.pop(request_id, [])
@@ -168,7 +188,10 @@ class RunningExperiment:
         quality = self.quality.add(
             control=self._pending_quality["control"], candidate=self._pending_quality["candidate"]
         )
-        for pending in (self._pending_errors, self._pending_quality):
+        scores = self.scores.add(
+            control=self._pending_scores["control"], candidate=self._pending_scores["candidate"]
+        )
+        for pending in (self._pending_errors, self._pending_quality, self._pending_scores):
             pending["control"].clear()
             pending["candidate"].clear()
         analysis = self.spec["analysis"]
@@ -177,6 +200,8 @@ class RunningExperiment:
             reasons.append(f"error rate worse (p={errors.p_value:.3g})")
         if quality.decision == "candidate_worse":
             reasons.append(f"squared error worse (p={quality.p_value:.3g})")
+        if scores.decision == "candidate_worse":
+            reasons.append(f"feedback worse (p={scores.p_value:.3g})")
         control, candidate = self.stats["control"], self.stats["candidate"]
         served = candidate.requests - candidate.errors
         if served >= analysis["min_samples"] and control.requests - control.errors > 0:
@@ -191,6 +216,7 @@ class RunningExperiment:
             "arms": {arm: stats.as_dict() for arm, stats in self.stats.items()},
             "error_rate": errors.to_dict(),
             "squared_error": quality.to_dict(),
+            "feedback": scores.to_dict(),
             "failed": bool(reasons),
             "reasons": reasons,
             "failed_checks": self.failed_checks,

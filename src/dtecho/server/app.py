@@ -33,7 +33,16 @@ from dtecho.server.live.reloader import LiveConfig
 from dtecho.server.middleware import ServingMiddleware
 from dtecho.server.openapi import install_openapi, operation_id
 from dtecho.server.overload import OverloadMiddleware
-from dtecho.server.routes import admin, cache, dtesn, dtesn_models, health, openai, pages
+from dtecho.server.routes import (
+    admin,
+    cache,
+    dtesn,
+    dtesn_models,
+    feedback,
+    health,
+    openai,
+    pages,
+)
 from dtecho.server.security import SecurityMiddleware
 from dtecho.server.state import ServerState
 from dtecho.services.dtesn_models import ModelService
@@ -109,6 +118,7 @@ async def _start_experiments(state: ServerState, stack: AsyncExitStack) -> None:
         state.store.leases,
         retention_seconds=retention,
     )
+    learner.feedback = state.store.feedback
     learner.start()
     stack.push_async_callback(learner.close)
     state.metrics.watch_counters(
@@ -452,7 +462,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dtecho = state
     install_openapi(app, settings.auth.public_paths, schemas=OPENAPI_SCHEMAS)
     install_error_handlers(app)
-    routers = (health, openai, dtesn, dtesn_models, cache, pages, admin)
+    routers = (health, openai, dtesn, dtesn_models, feedback, cache, pages, admin)
     for module in routers:
         app.include_router(module.router)
     app.state.method_index = MethodIndex(

@@ -269,6 +269,16 @@ class ExperimentService:
             "scored": {k: (None if v != v else v) for k, v in scored.items()},  # NaN: JSON null
         }
 
+    def rate(self, request_id: str, score: float) -> tuple[str, str] | None:
+        """Credit a client's score to the arm that answered ``request_id``: (experiment, arm),
+        or None when no running experiment here answered it."""
+        for experiment in self._running.values():
+            arm = experiment.arm_of(request_id)
+            if arm is not None:
+                experiment.rate(arm, score)
+                return experiment.id, arm
+        return None
+
     # -- analysis --------------------------------------------------------------------------
 
     async def _analyse(self, experiment: RunningExperiment) -> None:

@@ -54,7 +54,8 @@ class ContinuousLearner:
         self.leases = leases  # one replica learns at a time (the others would race it)
         self.holder = f"learner-{uuid.uuid4().hex[:12]}"
         self.interval = interval
-        self.retention_seconds = retention_seconds  # observations older are deleted
+        self.retention_seconds = retention_seconds  # observations (and feedback) older go
+        self.feedback: Any = None  # dtecho.store.feedback.FeedbackRepository, purged alike
         self._purged_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self.counts: dict[tuple[str], int] = {}  # (outcome,): promoted, kept, failed
@@ -105,6 +106,8 @@ class ContinuousLearner:
         before = datetime.now(UTC) - timedelta(seconds=self.retention_seconds)
         try:
             removed = await self.observations.expire(before)
+            if self.feedback is not None:
+                removed += await self.feedback.expire(before)
         except Exception as exc:
             _log.warning("observation_purge_failed", error=str(exc))
             return

@@ -14,6 +14,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dtecho.store.experiments import ExperimentRepository
+from dtecho.store.feedback import FeedbackRepository
 from dtecho.store.leases import LeaseRepository
 from dtecho.store.model_versions import VersionRepository
 from dtecho.store.observations import ObservationRepository
@@ -42,6 +43,7 @@ class Store:
     experiments: ExperimentRepository
     observations: ObservationRepository
     leases: LeaseRepository
+    feedback: FeedbackRepository
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -77,6 +79,7 @@ class Store:
         self.experiments = ExperimentRepository(engine)
         self.observations = ObservationRepository(engine)
         self.leases = LeaseRepository(engine)
+        self.feedback = FeedbackRepository(engine)
 
     @property
     def engine(self) -> AsyncEngine:

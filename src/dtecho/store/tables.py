@@ -21,9 +21,12 @@ __all__ = [
     "api_keys",
     "audit_log",
     "experiments",
+    "feedback",
+    "leases",
     "metadata",
     "model_aliases",
     "model_versions",
+    "observations",
     "usage_daily",
 ]
 
@@ -165,4 +168,19 @@ leases = Table(
     Column("name", String(100), primary_key=True),
     Column("holder", String(100), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Client scores of responses (``POST /v1/feedback``), by the request id they rate (0009).
+feedback = Table(
+    "feedback",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("request_id", String(128), nullable=False, index=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("subject", String(300)),
+    Column("score", JSON, nullable=False),  # a number
+    Column("label", String(100)),
+    Column("comment", String(2000)),
 )

@@ -230,7 +230,7 @@ async def upstreams(request: Request) -> dict[str, Any]:
 @router.delete("/subjects/{subject:path}")
 async def erase_subject(subject: str, request: Request) -> dict[str, Any]:
     """Erase what the store holds of a subject (a principal id: ``key:<id>``,
-    ``jwt:<issuer>|<subject>``): its observations and usage rows are deleted, its audit
+    ``jwt:<issuer>|<subject>``): its observations, feedback and usage rows are deleted, its audit
     events blanked (the events stay, without details). Reports what it removed."""
     state = get_state(request)
     assert state.store is not None and state.gateway is not None
@@ -238,6 +238,7 @@ async def erase_subject(subject: str, request: Request) -> dict[str, Any]:
     await state.gateway.audit.flush()
     removed = {
         "observations": await state.store.observations.erase_subject(subject),
+        "feedback": await state.store.feedback.erase_subject(subject),
         "usage_rows": await state.store.usage.erase(subject),
         "audit_events": await state.store.audit.redact(subject),
     }
