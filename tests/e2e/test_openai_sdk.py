@@ -90,6 +90,16 @@ def test_same_seed_same_text_and_greedy_is_deterministic(client: openai.OpenAI) 
     assert len(greedy) == 1
 
 
+def test_negative_and_huge_seeds_are_seeds_too(client: openai.OpenAI) -> None:
+    # OpenAI's seed is any 64-bit integer.
+    texts = {
+        seed: chat(client, max_tokens=20, seed=seed).choices[0].message.content
+        for seed in (-1, 1, -(2**63), 2**63 - 1)
+    }
+    assert texts[-1] == chat(client, max_tokens=20, seed=-1).choices[0].message.content
+    assert texts[-1] != texts[1]
+
+
 def test_n_choices(client: openai.OpenAI) -> None:
     response = chat(client, max_tokens=16, n=2, seed=5)
     assert [choice.index for choice in response.choices] == [0, 1]

@@ -91,7 +91,10 @@ class _ByteGenerator:
     def __init__(self, lm: Any, prompt: bytes, params: SamplingParams) -> None:
         self.lm = lm
         self.params = params
-        self.rng = np.random.default_rng(params.seed)
+        # OpenAI's seed is any 64-bit integer; NumPy wants a non-negative one. Two's
+        # complement keeps every seed distinct (and -1 ≠ 1).
+        seed = params.seed % 2**64 if params.seed is not None else None
+        self.rng = np.random.default_rng(seed)
         self.limit = params.max_tokens or DEFAULT_MAX_TOKENS
         self.decoders = [ChoiceDecoder(params.stop) for _ in range(params.n)]
         self.generated = [0] * params.n
