@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dtecho.store.records import aware
 from dtecho.store.tables import experiments
 
 __all__ = ["ExperimentRecord", "ExperimentRepository"]
@@ -30,12 +31,6 @@ class ExperimentRecord:
     analysis: dict[str, Any] = field(default_factory=dict)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _record(row: Any) -> ExperimentRecord:
     return ExperimentRecord(
         id=row.id,
@@ -43,9 +38,9 @@ def _record(row: Any) -> ExperimentRecord:
         name=row.name,
         status=row.status,
         spec=dict(row.spec or {}),
-        created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        created_at=aware(row.created_at),  # type: ignore[arg-type]
         created_by=row.created_by,
-        ended_at=_aware(row.ended_at),
+        ended_at=aware(row.ended_at),
         reason=row.reason,
         analysis=dict(row.analysis or {}),
     )

@@ -15,6 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dtecho.store.records import aware
 from dtecho.store.tables import model_aliases, model_versions
 
 __all__ = ["AliasMoved", "AliasRecord", "VersionRecord", "VersionRepository"]
@@ -79,17 +80,13 @@ class AliasMoved(Exception):
     """The alias changed since it was read (another writer moved it first)."""
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _version(row: Any) -> VersionRecord:
     return VersionRecord(
         model_id=row.model_id,
         version=int(row.version),
         parent=row.parent,
         kind=row.kind,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         creator=row.creator,
         config=dict(row.config or {}),
         data_fingerprint=row.data_fingerprint,
@@ -104,7 +101,7 @@ def _alias(row: Any) -> AliasRecord:
         alias=row.alias,
         version=int(row.version),
         previous=row.previous,
-        updated_at=_aware(row.updated_at),
+        updated_at=aware(row.updated_at),
         updated_by=row.updated_by,
         generation=int(row.generation),
     )

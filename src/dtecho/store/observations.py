@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dtecho.store.records import aware
 from dtecho.store.tables import observations
 
 __all__ = ["ObservationRecord", "ObservationRepository"]
@@ -24,10 +25,6 @@ class ObservationRecord:
     request_id: str | None
     inputs: list[list[float]]
     targets: list[list[float]]
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class ObservationRepository:
@@ -73,7 +70,7 @@ class ObservationRepository:
             ObservationRecord(
                 int(row.id),
                 row.model_id,
-                _aware(row.received_at),
+                aware(row.received_at),
                 row.subject,
                 row.request_id,
                 list(row.inputs),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-__all__ = ["ApiKeyRecord", "AuditRecord", "KeySecretRecord", "UsageRecord"]
+__all__ = ["ApiKeyRecord", "AuditRecord", "KeySecretRecord", "UsageRecord", "aware"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +66,11 @@ class AuditRecord:
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     id: int | None = None  # assigned by the store
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """``value`` as UTC-aware: SQLite has no time zones, so values come back naive, and
+    were stored as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -10,7 +10,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dtecho.store.records import ApiKeyRecord, AuditRecord, KeySecretRecord, UsageRecord
+from dtecho.store.records import ApiKeyRecord, AuditRecord, KeySecretRecord, UsageRecord, aware
 from dtecho.store.tables import api_key_secrets, api_keys, audit_log, usage_daily
 
 __all__ = ["AuditRepository", "KeyRepository", "UsageRepository"]
@@ -19,13 +19,6 @@ _KEY_FIELDS = frozenset(
     {"name", "project", "roles", "allowed_models", "limits", "model_limits", "metadata",
      "expires_at"}
 )  # fmt: skip
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite has no time zones: values come back naive, and were stored as UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _key(row: Any) -> ApiKeyRecord:
@@ -38,9 +31,9 @@ def _key(row: Any) -> ApiKeyRecord:
         limits=dict(row.limits or {}),
         model_limits={model: dict(value) for model, value in (row.model_limits or {}).items()},
         metadata=dict(row.metadata or {}),
-        created_at=_aware(row.created_at),  # type: ignore[arg-type]
-        expires_at=_aware(row.expires_at),
-        revoked_at=_aware(row.revoked_at),
+        created_at=aware(row.created_at),  # type: ignore[arg-type]
+        expires_at=aware(row.expires_at),
+        revoked_at=aware(row.revoked_at),
         created_by=row.created_by,
     )
 
@@ -51,9 +44,9 @@ def _secret(row: Any) -> KeySecretRecord:
         key_id=row.key_id,
         prefix=row.prefix,
         last4=row.last4,
-        created_at=_aware(row.created_at),  # type: ignore[arg-type]
-        expires_at=_aware(row.expires_at),
-        revoked_at=_aware(row.revoked_at),
+        created_at=aware(row.created_at),  # type: ignore[arg-type]
+        expires_at=aware(row.expires_at),
+        revoked_at=aware(row.revoked_at),
     )
 
 
@@ -139,9 +132,9 @@ class KeyRepository:
             key_id=mapping["s_key_id"],
             prefix=mapping["s_prefix"],
             last4=mapping["s_last4"],
-            created_at=_aware(mapping["s_created_at"]),  # type: ignore[arg-type]
-            expires_at=_aware(mapping["s_expires_at"]),
-            revoked_at=_aware(mapping["s_revoked_at"]),
+            created_at=aware(mapping["s_created_at"]),  # type: ignore[arg-type]
+            expires_at=aware(mapping["s_expires_at"]),
+            revoked_at=aware(mapping["s_revoked_at"]),
         )
         return _key(row), secret
 
@@ -370,7 +363,7 @@ class AuditRepository:
             rows = (await connection.execute(query)).all()
         return [
             AuditRecord(
-                at=_aware(row.at),  # type: ignore[arg-type]
+                at=aware(row.at),  # type: ignore[arg-type]
                 actor=row.actor,
                 action=row.action,
                 outcome=row.outcome,

@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "NAMING_CONVENTION",
     "api_key_secrets",
     "api_keys",
     "audit_log",
@@ -30,14 +31,15 @@ __all__ = [
     "usage_daily",
 ]
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+# Constraint and index names the migrations spell out (``op.f(...)``); modules' own tables
+# use it too, so that every name in the database follows one rule.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 api_keys = Table(
     "api_keys",

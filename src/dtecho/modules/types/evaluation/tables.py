@@ -18,17 +18,12 @@ from sqlalchemy import (
     Table,
 )
 
+from dtecho.store.tables import NAMING_CONVENTION
+
 __all__ = ["ACTIVE", "evaluation_results", "evaluation_runs", "metadata"]
 
 # The same naming convention as dtecho.store.tables, so constraint names match the migration.
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 ACTIVE = ("queued", "running")  # the statuses of a run that is not over
 

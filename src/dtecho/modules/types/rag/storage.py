@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dtecho.modules.types.rag.index import IndexedChunk
+from dtecho.store.tables import NAMING_CONVENTION
 
 __all__ = [
     "ChunkRow",
@@ -55,14 +56,7 @@ __all__ = [
 ]
 
 # The store's naming convention (dtecho.store.tables), so constraint names match 0002's.
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 rag_collections = Table(
     "rag_collections",
