@@ -781,6 +781,7 @@ class ModelService:
         record = self._ready(model_id)
         self._check_width(record, targets, "targets")
         quarantined: list[dict[str, Any]] = []
+        known: dict[int, np.ndarray] = {}
         if inputs is not None:
             self._check_width(record, inputs, "inputs")
             # Scored on production and on two arms: three predictions' work at most.
@@ -796,11 +797,14 @@ class ModelService:
             if len(inputs):
                 answer = await self.predict(model_id, inputs, 0)
                 predicted = np.asarray(answer["predictions"])
+                known[int(answer["version"])] = predicted  # an arm of that version reuses it
                 self.monitor.errors(model_id, np.mean((predicted - targets) ** 2, axis=1))
         result: dict[str, Any] = {"object": "dtesn.observation", "model": model_id,
                                   "experiment": None, "scored": {}}  # fmt: skip
         if self.experiments is not None and (inputs is None or len(inputs)):
-            result = await self.experiments.observe(model_id, targets, inputs, request_id)
+            result = await self.experiments.observe(
+                model_id, targets, inputs, request_id, predicted=known
+            )
         result["accepted"] = len(targets) if inputs is not None else None
         result["quarantined"] = quarantined
         result["monitoring"] = self.monitor.status(model_id)

@@ -241,11 +241,11 @@ class ExperimentService:
         targets: np.ndarray,
         inputs: np.ndarray | None,
         request_id: str | None,
+        predicted: dict[int, np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        """Score ground truth: the prediction that answered ``request_id`` (and its shadow),
-        and, given ``inputs``, both arms on them."""
-        record = self.models._ready(model_id)
-        self.models._check_width(record, targets, "targets")
+        """Score ground truth (already checked by the caller): the prediction that answered
+        ``request_id`` (and its shadow), and, given ``inputs``, both arms on them —
+        ``predicted`` holds predictions of ``inputs`` by version already made."""
         experiment = self._running.get(model_id)
         scored: dict[str, float] = {}
         if experiment is None:
@@ -255,13 +255,14 @@ class ExperimentService:
             for arm in experiment.score_request(request_id, targets):
                 scored[f"request:{arm}"] = float("nan")
         if inputs is not None:
-            self.models._check_width(record, inputs, "inputs")
+            known = dict(predicted or {})
             arms: tuple[Arm, Arm] = ("control", "candidate")
             for arm in arms:
-                answer = await self.models.predict(
-                    model_id, inputs, 0, version=experiment.version_of(arm)
-                )
-                scored[arm] = experiment.score(arm, np.asarray(answer["predictions"]), targets)
+                version = experiment.version_of(arm)
+                if version not in known:
+                    answer = await self.models.predict(model_id, inputs, 0, version=version)
+                    known[version] = np.asarray(answer["predictions"])
+                scored[arm] = experiment.score(arm, known[version], targets)
         return {
             "object": "dtesn.observation",
             "model": model_id,
